@@ -1,0 +1,5 @@
+import sys
+
+from imgproxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""The result cache: encoded images in a byte-bounded LRU, plus coalescing of identical misses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from cachetools import LRUCache
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    content: bytes
+    media_type: str
+    width: int
+    height: int
+
+
+class _CountingLRU(LRUCache[Hashable, CachedImage]):
+    evictions = 0
+
+    def popitem(self) -> tuple[Hashable, CachedImage]:
+        self.evictions += 1
+        return super().popitem()
+
+
+class ResultCache:
+    """LRU of encoded results, evicting by total bytes.
+
+    It is only touched from the event loop thread (renders hand their result back to the loop before
+    it is stored), so it needs no lock: asyncio never interleaves the synchronous get/put below.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._lru = _CountingLRU(maxsize=max_bytes, getsizeof=lambda entry: len(entry.content))
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> CachedImage | None:
+        entry = self._lru.get(key)
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def put(self, key: Hashable, entry: CachedImage) -> None:
+        if len(entry.content) > self._lru.maxsize:
+            return  # larger than the whole budget: serve it, do not keep it
+        self._lru[key] = entry
+
+    @property
+    def bytes_held(self) -> int:
+        return int(self._lru.currsize)
+
+    @property
+    def evictions(self) -> int:
+        return self._lru.evictions
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+
+T = TypeVar("T")
+
+
+class Coalescer(Generic[T]):
+    """Run one computation per key at a time; callers that arrive meanwhile await the same result."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[Hashable, asyncio.Future[T]] = {}
+        self.coalesced = 0
+
+    async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
+        future = self._inflight.get(key)
+        if future is not None:
+            self.coalesced += 1
+            return await asyncio.shield(future)
+        task: asyncio.Future[T] = asyncio.ensure_future(compute())
+        self._inflight[key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)

@@ -1,0 +1,68 @@
+"""OpenAPI fragments for the image routes, generated from the parameter table in `options.py`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imgproxy.options import PARAMS, Format, Limits
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "description": "URN naming the kind of problem"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "what went wrong, for people"},
+        "param": {"type": "string", "description": "the offending query parameter (400 only)"},
+    },
+}
+
+
+def query_parameters(limits: Limits) -> list[dict[str, Any]]:
+    """Every query parameter (aliases listed in the description) for `openapi_extra`."""
+    parameters = []
+    for param in PARAMS:
+        aliases = f" Alias: `{'`, `'.join(param.aliases)}`." if param.aliases else ""
+        parameters.append(
+            {
+                "name": param.name,
+                "in": "query",
+                "required": False,
+                "description": param.description + aliases,
+                "schema": param.schema(limits),
+                "example": param.example,
+            }
+        )
+    return parameters
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
+
+
+def image_responses(limits: Limits) -> dict[int | str, dict[str, Any]]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    formats = [f for f in Format if f is not Format.AUTO and (limits.avif or f is not Format.AVIF)]
+    header = {"schema": {"type": "string"}}
+    return {
+        200: {
+            "description": "The transformed image, in the format requested or negotiated from `Accept`.",
+            "content": {f.media_type: binary for f in formats},
+            "headers": {
+                "ETag": {**header, "description": "derived from the resolved options and the source version"},
+                "Cache-Control": header,
+                "Vary": {**header, "description": "`Accept` when the format was negotiated"},
+                "X-Cache": {**header, "description": "`HIT` or `MISS` in the result cache"},
+                "Server-Timing": {**header, "description": "stage durations on a miss"},
+            },
+        },
+        304: {"description": "Not modified: `If-None-Match` matched the ETag."},
+        400: _problem("A parameter is unknown, repeated, malformed or out of range."),
+        404: _problem("No such source image."),
+        413: _problem("The source is over the byte or pixel budget."),
+        415: _problem("The source is not a decodable image."),
+        503: _problem("Overloaded or the render timed out; retry after `Retry-After`."),
+    }

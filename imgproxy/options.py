@@ -1,0 +1,383 @@
+"""Query parameters → one frozen `Options`, through an explicit table of parameters and aliases.
+
+The same table (`PARAMS`) feeds the parser, the OpenAPI document and the README's parameter reference,
+so the three cannot drift apart. Parsing is strict: an unknown, repeated (also through an alias),
+empty, malformed or out-of-range parameter is a `BadParameter` naming it and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from enum import Enum, StrEnum
+from typing import Any
+
+from imgproxy.errors import BadParameter
+
+
+class Fit(StrEnum):
+    INSIDE = "inside"
+    COVER = "cover"
+    CONTAIN = "contain"
+    FILL = "fill"
+    OUTSIDE = "outside"
+
+
+class Gravity(StrEnum):
+    CENTER = "center"
+    NORTH = "north"
+    SOUTH = "south"
+    EAST = "east"
+    WEST = "west"
+    NORTHEAST = "northeast"
+    NORTHWEST = "northwest"
+    SOUTHEAST = "southeast"
+    SOUTHWEST = "southwest"
+    FOCAL = "focal"
+
+
+class Format(StrEnum):
+    AUTO = "auto"
+    JPEG = "jpeg"
+    PNG = "png"
+    WEBP = "webp"
+    AVIF = "avif"
+    GIF = "gif"
+
+    @property
+    def media_type(self) -> str:
+        return f"image/{self.value}"
+
+
+class Flip(StrEnum):
+    NONE = ""
+    H = "h"
+    V = "v"
+    HV = "hv"
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds parsing checks against (from settings, passed in so parsing stays pure)."""
+
+    max_width: int = 8192
+    max_height: int = 8192
+    avif: bool = True
+
+
+@dataclass(frozen=True)
+class Options:
+    """A parsed request. `width`/`height` are CSS pixels until `resolve()` folds `dpr` into them."""
+
+    width: int | None = None
+    height: int | None = None
+    fit: Fit = Fit.INSIDE
+    gravity: Gravity = Gravity.CENTER
+    focal: tuple[float, float] = (0.5, 0.5)
+    dpr: float = 1.0
+    enlarge: bool = False
+    format: Format = Format.AUTO
+    quality: int | None = None
+    background: tuple[int, int, int, int] | None = None
+    crop: Rect | None = None
+    rotate: int = 0
+    flip: Flip = Flip.NONE
+
+
+# --- value parsers: each takes the raw string and the limits, returns the value or raises ValueError ---
+
+_INT = re.compile(r"[0-9]{1,9}")
+_DECIMAL = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
+_HEX = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{8})")
+_BOOL = {"0": False, "false": False, "1": True, "true": True}
+
+
+def _int_in(lo: int, hi: int, value: str) -> int:
+    if not _INT.fullmatch(value) or not lo <= int(value) <= hi:
+        raise ValueError(f"an integer from {lo} to {hi}")
+    return int(value)
+
+
+def _decimal_in(lo: float, hi: float, value: str) -> float:
+    if not _DECIMAL.fullmatch(value) or not lo <= float(value) <= hi:
+        raise ValueError(f"a number from {lo:g} to {hi:g}")
+    return float(value)
+
+
+def _choice(enum: type[Enum], aliases: dict[str, str], value: str) -> Any:
+    try:
+        return enum(aliases.get(value.lower(), value.lower()))
+    except ValueError:
+        allowed = sorted({member.value for member in enum if member.value} | set(aliases))
+        raise ValueError("one of " + ", ".join(allowed)) from None
+
+
+def _bool(value: str) -> bool:
+    if value.lower() not in _BOOL:
+        raise ValueError("0 or 1")
+    return _BOOL[value.lower()]
+
+
+def _colour(value: str) -> tuple[int, int, int, int]:
+    match = _HEX.fullmatch(value)
+    if not match:
+        raise ValueError("a colour RRGGBB or RRGGBBAA in hex")
+    digits = match.group(1) + ("ff" if len(match.group(1)) == 6 else "")
+    r, g, b, a = (int(digits[i : i + 2], 16) for i in range(0, 8, 2))
+    return (r, g, b, a)
+
+
+def _rect(value: str) -> Rect:
+    parts = value.split(",")
+    if len(parts) != 4 or not all(_INT.fullmatch(p) for p in parts):
+        raise ValueError("x,y,w,h as four non-negative integers")
+    x, y, w, h = (int(p) for p in parts)
+    if w < 1 or h < 1:
+        raise ValueError("a width and height of at least 1")
+    return Rect(x, y, w, h)
+
+
+def _rotation(value: str) -> int:
+    if value not in ("0", "90", "180", "270"):
+        raise ValueError("one of 0, 90, 180, 270")
+    return int(value)
+
+
+def _resize(limits: Limits, value: str) -> tuple[int | None, int | None]:
+    match = re.fullmatch(r"([0-9]*)x([0-9]*)", value)
+    if not match or not (match.group(1) or match.group(2)):
+        raise ValueError("WxH, Wx or xH")
+    w = _int_in(1, limits.max_width, match.group(1)) if match.group(1) else None
+    h = _int_in(1, limits.max_height, match.group(2)) if match.group(2) else None
+    return (w, h)
+
+
+def _format(limits: Limits, value: str) -> Format:
+    fmt: Format = _choice(Format, {"jpg": "jpeg"}, value)
+    if fmt is Format.AVIF and not limits.avif:
+        raise ValueError("avif output is disabled on this server; one of auto, jpeg, png, webp, gif")
+    return fmt
+
+
+@dataclass(frozen=True)
+class Param:
+    """One query parameter: its names, how to parse it, and how to document it."""
+
+    name: str
+    aliases: tuple[str, ...]
+    parse: Callable[[Limits, str], Any]
+    schema: Callable[[Limits], dict[str, Any]]
+    description: str
+    example: str = ""
+    names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", (self.name, *self.aliases))
+
+
+def _enum_schema(enum: type[Enum], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "string", "enum": [m.value for m in enum if m.value] + list(extra)}
+
+
+PARAMS: tuple[Param, ...] = (
+    Param(
+        "w",
+        ("width",),
+        lambda lim, v: _int_in(1, lim.max_width, v),
+        lambda lim: {"type": "integer", "minimum": 1, "maximum": lim.max_width},
+        "Target width in CSS pixels (multiplied by `dpr`).",
+        "640",
+    ),
+    Param(
+        "h",
+        ("height",),
+        lambda lim, v: _int_in(1, lim.max_height, v),
+        lambda lim: {"type": "integer", "minimum": 1, "maximum": lim.max_height},
+        "Target height in CSS pixels (multiplied by `dpr`).",
+        "480",
+    ),
+    Param(
+        "resize",
+        (),
+        _resize,
+        lambda lim: {"type": "string", "pattern": r"^[0-9]*x[0-9]*$"},
+        "Shorthand for `w` and `h`: `WxH`, `Wx` or `xH`.",
+        "640x480",
+    ),
+    Param(
+        "fit",
+        (),
+        lambda lim, v: _choice(Fit, {}, v),
+        lambda lim: _enum_schema(Fit),
+        "`inside` fits within wxh; `cover` fills wxh and crops; `contain` fits and pads to wxh with `bg`; "
+        "`fill` stretches to wxh; `outside` covers wxh without cropping.",
+        "cover",
+    ),
+    Param(
+        "g",
+        ("gravity",),
+        lambda lim, v: _choice(Gravity, {}, v),
+        lambda lim: _enum_schema(Gravity),
+        "Crop anchor for `fit=cover`; `focal` uses `fx`,`fy`.",
+        "north",
+    ),
+    Param(
+        "fx",
+        (),
+        lambda lim, v: _decimal_in(0, 1, v),
+        lambda lim: {"type": "number", "minimum": 0, "maximum": 1},
+        "Focal point x in 0..1 (implies `g=focal`).",
+        "0.3",
+    ),
+    Param(
+        "fy",
+        (),
+        lambda lim, v: _decimal_in(0, 1, v),
+        lambda lim: {"type": "number", "minimum": 0, "maximum": 1},
+        "Focal point y in 0..1 (implies `g=focal`).",
+        "0.6",
+    ),
+    Param(
+        "dpr",
+        (),
+        lambda lim, v: _decimal_in(1, 4, v),
+        lambda lim: {"type": "number", "minimum": 1, "maximum": 4},
+        "Device pixel ratio; multiplies `w` and `h`.",
+        "2",
+    ),
+    Param(
+        "enlarge",
+        (),
+        lambda lim, v: _bool(v),
+        lambda lim: {"type": "integer", "enum": [0, 1]},
+        "`1` allows upscaling beyond the source size.",
+        "1",
+    ),
+    Param(
+        "fm",
+        ("format",),
+        _format,
+        lambda lim: (
+            _enum_schema(Format, ("jpg",))
+            if lim.avif
+            else {"type": "string", "enum": [f.value for f in Format if f is not Format.AVIF] + ["jpg"]}
+        ),
+        "Output format; `auto` negotiates from `Accept`.",
+        "webp",
+    ),
+    Param(
+        "q",
+        ("quality",),
+        lambda lim, v: _int_in(1, 100, v),
+        lambda lim: {"type": "integer", "minimum": 1, "maximum": 100},
+        "Encoder quality; the default depends on the format.",
+        "75",
+    ),
+    Param(
+        "bg",
+        (),
+        lambda lim, v: _colour(v),
+        lambda lim: {"type": "string", "pattern": "^#?([0-9a-fA-F]{6}|[0-9a-fA-F]{8})$"},
+        "Background `RRGGBB` or `RRGGBBAA` for `contain` padding and for flattening alpha.",
+        "ffffff",
+    ),
+    Param(
+        "crop",
+        (),
+        lambda lim, v: _rect(v),
+        lambda lim: {"type": "string", "pattern": r"^[0-9]+,[0-9]+,[0-9]+,[0-9]+$"},
+        "`x,y,w,h` rectangle in source pixels (after EXIF orientation), applied before resizing.",
+        "0,0,400,300",
+    ),
+    Param(
+        "rot",
+        ("rotate",),
+        lambda lim, v: _rotation(v),
+        lambda lim: {"type": "integer", "enum": [0, 90, 180, 270]},
+        "Clockwise rotation after resizing.",
+        "90",
+    ),
+    Param(
+        "flip",
+        (),
+        lambda lim, v: _choice(Flip, {}, v),
+        lambda lim: _enum_schema(Flip),
+        "Mirror after `rot`: `h`, `v` or `hv`.",
+        "h",
+    ),
+)
+
+
+_BY_NAME: dict[str, Param] = {name: param for param in PARAMS for name in param.names}
+
+
+def parse_options(items: Iterable[tuple[str, str]], limits: Limits) -> Options:
+    """Parse `(name, value)` pairs as sent (repeats included) into `Options`."""
+    raw: dict[str, Any] = {}
+    for name, value in items:
+        param = _BY_NAME.get(name)
+        if param is None:
+            raise BadParameter(name, "unknown parameter; known: " + ", ".join(p.name for p in PARAMS))
+        if param.name in raw:
+            raise BadParameter(name, "given more than once (" + " / ".join(param.names) + ")")
+        if value == "":
+            raise BadParameter(name, "empty value")
+        try:
+            raw[param.name] = param.parse(limits, value)
+        except ValueError as exc:
+            raise BadParameter(name, f"must be {exc}") from None
+    return _build(raw)
+
+
+def _build(raw: dict[str, Any]) -> Options:
+    width, height = raw.get("w"), raw.get("h")
+    if "resize" in raw:
+        if width is not None or height is not None:
+            raise BadParameter("resize", "cannot be combined with w or h")
+        width, height = raw["resize"]
+    gravity = raw.get("g", Gravity.CENTER)
+    has_focal = "fx" in raw or "fy" in raw
+    if has_focal:
+        if "g" in raw and gravity is not Gravity.FOCAL:
+            raise BadParameter("g", "fx/fy need g=focal (or no g)")
+        gravity = Gravity.FOCAL
+    return Options(
+        width=width,
+        height=height,
+        fit=raw.get("fit", Fit.INSIDE),
+        gravity=gravity,
+        focal=(raw.get("fx", 0.5), raw.get("fy", 0.5)),
+        dpr=raw.get("dpr", 1.0),
+        enlarge=raw.get("enlarge", False),
+        format=raw.get("fm", Format.AUTO),
+        quality=raw.get("q"),
+        background=raw.get("bg"),
+        crop=raw.get("crop"),
+        rotate=raw.get("rot", 0),
+        flip=raw.get("flip", Flip.NONE),
+    )
+
+
+def apply_dpr(options: Options, limits: Limits) -> Options:
+    """Fold `dpr` into the size; a size pushed over the limits is scaled down, keeping its aspect ratio."""
+    if options.dpr == 1.0:
+        return options
+    w = options.width * options.dpr if options.width else None
+    h = options.height * options.dpr if options.height else None
+    shrink = min(1.0, limits.max_width / w if w else 1.0, limits.max_height / h if h else 1.0)
+    return replace(
+        options,
+        width=max(1, math.floor(w * shrink + 0.5)) if w else None,
+        height=max(1, math.floor(h * shrink + 0.5)) if h else None,
+        dpr=1.0,
+    )
