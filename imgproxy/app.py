@@ -24,8 +24,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        service.close()
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.aclose()
 
     app = FastAPI(
         title="imgproxy",

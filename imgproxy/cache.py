@@ -18,27 +18,31 @@ class CachedImage:
     height: int
 
 
-class _CountingLRU(LRUCache[Hashable, CachedImage]):
+V = TypeVar("V")
+
+
+class _CountingLRU(LRUCache[Hashable, V]):
     evictions = 0
 
-    def popitem(self) -> tuple[Hashable, CachedImage]:
+    def popitem(self) -> tuple[Hashable, V]:
         self.evictions += 1
         return super().popitem()
 
 
-class ResultCache:
-    """LRU of encoded results, evicting by total bytes.
+class ByteLRU(Generic[V]):
+    """An LRU evicting by the total bytes of its values; used for results and for fetched originals.
 
-    It is only touched from the event loop thread (renders hand their result back to the loop before
-    it is stored), so it needs no lock: asyncio never interleaves the synchronous get/put below.
+    It is only touched from the event loop thread (renders and fetches hand their result back to the
+    loop before it is stored), so it needs no lock: asyncio never interleaves the get/put below.
     """
 
-    def __init__(self, max_bytes: int) -> None:
-        self._lru = _CountingLRU(maxsize=max_bytes, getsizeof=lambda entry: len(entry.content))
+    def __init__(self, max_bytes: int, size_of: Callable[[V], int]) -> None:
+        self._lru: _CountingLRU[V] = _CountingLRU(maxsize=max_bytes, getsizeof=size_of)
+        self._size_of = size_of
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: Hashable) -> CachedImage | None:
+    def get(self, key: Hashable) -> V | None:
         entry = self._lru.get(key)
         if entry is None:
             self.misses += 1
@@ -46,8 +50,8 @@ class ResultCache:
             self.hits += 1
         return entry
 
-    def put(self, key: Hashable, entry: CachedImage) -> None:
-        if len(entry.content) > self._lru.maxsize:
+    def put(self, key: Hashable, entry: V) -> None:
+        if self._size_of(entry) > self._lru.maxsize:
             return  # larger than the whole budget: serve it, do not keep it
         self._lru[key] = entry
 
@@ -61,6 +65,10 @@ class ResultCache:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+
+def result_cache(max_bytes: int) -> ByteLRU[CachedImage]:
+    return ByteLRU(max_bytes, lambda entry: len(entry.content))
 
 
 T = TypeVar("T")

@@ -6,8 +6,10 @@
     ├── SourceNotFound         404  no such source (also any path that escapes the root)
     ├── SourceTooLarge         413  over the byte, pixel or frame budget
     ├── UnsupportedImage       415  not a decodable image of an allowed format
+    ├── OriginUnreachable      502  the origin failed: connection refused, 5xx, bad redirects
     ├── Overloaded             503  the waiting queue is full
-    └── RenderTimeout          503  a render ran past its deadline
+    ├── RenderTimeout          503  a render ran past its deadline
+    └── OriginTimeout          504  the origin did not answer within the fetch deadline
 
 `detail` is written for clients: it never holds a filesystem path or a library's own message.
 """
@@ -70,6 +72,12 @@ class UnsupportedImage(ImageProxyError):
     slug = "unsupported-image"
 
 
+class OriginUnreachable(ImageProxyError):
+    status = 502
+    title = "Origin failed"
+    slug = "origin-failed"
+
+
 class Overloaded(ImageProxyError):
     status = 503
     title = "Overloaded"
@@ -82,3 +90,9 @@ class RenderTimeout(ImageProxyError):
     title = "Render timed out"
     slug = "render-timeout"
     headers = {"Retry-After": "5"}
+
+
+class OriginTimeout(ImageProxyError):
+    status = 504
+    title = "Origin timed out"
+    slug = "origin-timeout"

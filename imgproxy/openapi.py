@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from imgproxy.options import PARAMS, Format, Limits
+from imgproxy.settings import Settings
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -21,9 +22,32 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
-def query_parameters(limits: Limits) -> list[dict[str, Any]]:
+def query_parameters(limits: Limits, settings: Settings) -> list[dict[str, Any]]:
     """Every query parameter (aliases listed in the description) for `openapi_extra`."""
-    parameters = []
+    parameters = [
+        {
+            "name": "preset",
+            "in": "query",
+            "required": False,
+            "description": "A named option set from the server's settings; the request's own options override it.",
+            "schema": {"type": "string", "enum": sorted(settings.presets)} if settings.presets else {"type": "string"},
+        },
+        {
+            "name": "expires",
+            "in": "query",
+            "required": False,
+            "description": "Unix time (seconds) after which the URL is refused with 403; sign it with the URL.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        {
+            "name": "s",
+            "in": "query",
+            "required": bool(settings.security.signing_keys),
+            "description": "Signature: base64url(HMAC-SHA256(key, request target up to `?s=`/`&s=`)), unpadded. "
+            "Must be the last parameter.",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+        },
+    ]
     for param in PARAMS:
         aliases = f" Alias: `{'`, `'.join(param.aliases)}`." if param.aliases else ""
         parameters.append(
@@ -39,15 +63,25 @@ def query_parameters(limits: Limits) -> list[dict[str, Any]]:
     return parameters
 
 
+def url_parameter() -> dict[str, Any]:
+    return {
+        "name": "url",
+        "in": "query",
+        "required": True,
+        "description": "Absolute http(s) URL of the source; its host must match the server's allow-list.",
+        "schema": {"type": "string", "format": "uri"},
+    }
+
+
 def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
 
 
-def image_responses(limits: Limits) -> dict[int | str, dict[str, Any]]:
+def image_responses(limits: Limits, signed: bool) -> dict[int | str, dict[str, Any]]:
     binary = {"schema": {"type": "string", "format": "binary"}}
     formats = [f for f in Format if f is not Format.AUTO and (limits.avif or f is not Format.AVIF)]
     header = {"schema": {"type": "string"}}
-    return {
+    responses: dict[int | str, dict[str, Any]] = {
         200: {
             "description": "The transformed image, in the format requested or negotiated from `Accept`.",
             "content": {f.media_type: binary for f in formats},
@@ -64,5 +98,13 @@ def image_responses(limits: Limits) -> dict[int | str, dict[str, Any]]:
         404: _problem("No such source image."),
         413: _problem("The source is over the byte or pixel budget."),
         415: _problem("The source is not a decodable image."),
+        502: _problem("The origin failed: connection refused, an error status or too many redirects."),
         503: _problem("Overloaded or the render timed out; retry after `Retry-After`."),
+        504: _problem("The origin did not answer within the fetch deadline."),
     }
+    responses[403] = _problem(
+        "The signature is missing, wrong or expired, or the origin is not allowed."
+        if signed
+        else "The URL has expired, or the origin's host or address is not allowed."
+    )
+    return responses

@@ -7,12 +7,14 @@ empty, malformed or out-of-range parameter is a `BadParameter` naming it and wha
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
 from typing import Any
+from urllib.parse import parse_qsl
 
 from imgproxy.errors import BadParameter
 
@@ -381,3 +383,45 @@ def apply_dpr(options: Options, limits: Limits) -> Options:
         height=max(1, math.floor(h * shrink + 0.5)) if h else None,
         dpr=1.0,
     )
+
+
+def canonical(name: str) -> str | None:
+    param = _BY_NAME.get(name)
+    return param.name if param else None
+
+
+def expand_preset(
+    items: list[tuple[str, str]], preset: str | None, presets: Mapping[str, str], presets_only: bool
+) -> list[tuple[str, str]]:
+    """Put a named preset's options under the request's own (which win, by canonical name)."""
+    if presets_only and items:
+        raise BadParameter(items[0][0], "this server only accepts preset=NAME")
+    if preset is None:
+        if presets_only:
+            raise BadParameter("preset", "this server only accepts preset=NAME")
+        return items
+    if preset not in presets:
+        raise BadParameter("preset", "unknown preset; known: " + ", ".join(sorted(presets)))
+    given = {canonical(name) for name, _ in items}
+    base = [(name, value) for name, value in parse_qsl(presets[preset], keep_blank_values=True)]
+    return [item for item in base if canonical(item[0]) not in given] + items
+
+
+def apply_ladder(options: Options, requested: Options, widths: Sequence[int], mode: str) -> Options:
+    """Snap the device-pixel size up to the width ladder, so one image has a bounded number of variants.
+
+    `strict` also refuses requested sizes that are not on the ladder; a size above its top is snapped down.
+    """
+    if mode == "off":
+        return options
+    if mode == "strict":
+        for name, value in (("w", requested.width), ("h", requested.height)):
+            if value is not None and value not in widths:
+                raise BadParameter(name, "must be one of the ladder widths: " + ", ".join(map(str, widths)))
+
+    def snap(value: int | None) -> int | None:
+        if value is None:
+            return None
+        return widths[min(bisect.bisect_left(widths, value), len(widths) - 1)]
+
+    return replace(options, width=snap(options.width), height=snap(options.height))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,11 @@ def problem(error: ImageProxyError) -> ProblemResponse:
     return ProblemResponse(
         error.problem(), status_code=error.status, headers={"Cache-Control": "no-store", **error.headers}
     )
+
+
+def etag_of(identity: str) -> str:
+    """A strong ETag naming `identity` (a resolved cache key), known before any image work."""
+    return '"' + hashlib.blake2b(identity.encode(), digest_size=16).hexdigest() + '"'
 
 
 def is_not_modified(if_none_match: str | None, etag: str) -> bool:

@@ -2,38 +2,65 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
 
-from imgproxy.errors import UnsupportedImage
-from imgproxy.openapi import image_responses, query_parameters
-from imgproxy.responses import image_response, is_not_modified, not_modified, server_timing
-from imgproxy.service import ImageService
+from imgproxy.errors import BadParameter, UnsupportedImage
+from imgproxy.openapi import image_responses, query_parameters, url_parameter
+from imgproxy.responses import etag_of, image_response, is_not_modified, not_modified, server_timing
+from imgproxy.service import ImageService, Target
 from imgproxy.sniff import SNIFF_BYTES, sniff_media_type
-from imgproxy.sources.local import SourceFile
+from imgproxy.sources.base import Located
 
 
 def build_router(service: ImageService) -> APIRouter:
     router = APIRouter()
     settings = service.settings
     cache_control = settings.http.cache_control
+    responses = image_responses(service.limits, signed=bool(settings.security.signing_keys))
+    parameters = query_parameters(service.limits, settings)
 
     @router.api_route(
         "/img/{path:path}",
         methods=["GET", "HEAD"],
         response_class=Response,
-        responses=image_responses(service.limits),
-        openapi_extra={"parameters": query_parameters(service.limits)},
-        summary="Transform an image",
+        responses=responses,
+        openapi_extra={"parameters": parameters},
+        summary="Transform an image from the source",
     )
     async def image(path: str, request: Request) -> Response:
-        """Resize, crop and convert the image at `path` (relative to the source root)."""
+        """Resize, crop and convert the image at `path` (relative to the source root, origin or bucket)."""
+        return await serve(request, path, remote=False)
+
+    @router.api_route(
+        "/img",
+        methods=["GET", "HEAD"],
+        response_class=Response,
+        responses=responses,
+        openapi_extra={"parameters": [url_parameter(), *parameters]},
+        summary="Transform an image fetched from a URL",
+        include_in_schema=bool(settings.source.allowed_hosts),
+    )
+    async def remote_image(request: Request) -> Response:
+        """Fetch the image at `url` (its host must be on the allow-list), then transform it."""
+        urls = request.query_params.getlist("url")
+        if len(urls) != 1:
+            raise BadParameter("url", "exactly one absolute http(s) URL is required")
+        return await serve(request, urls[0], remote=True)
+
+    async def serve(request: Request, key: str, remote: bool) -> Response:
         head = request.method == "HEAD"
-        if settings.http.passthrough and not request.url.query:
-            return original(service.source.locate(path), request, head)
-        prepared = service.prepare(path, request.query_params.multi_items(), request.headers.get("accept"))
+        target = Target(
+            key=key,
+            remote=remote,
+            query=request.query_params.multi_items(),
+            raw_path=request.scope.get("raw_path") or request.scope["path"].encode(),
+            raw_query=request.scope.get("query_string", b""),
+            accept=request.headers.get("accept"),
+        )
+        prepared = await service.prepare(target)
+        if settings.http.passthrough and prepared.bare:
+            return original(prepared.source, request)
         headers = {"ETag": prepared.key.etag, "Cache-Control": cache_control}
         if prepared.negotiated:
             headers["Vary"] = "Accept"
@@ -45,17 +72,22 @@ def build_router(service: ImageService) -> APIRouter:
             headers["Server-Timing"] = server_timing(result.timings)
         return image_response(result.image.content, result.image.media_type, headers, head)
 
-    def original(source: SourceFile, request: Request, head: bool) -> Response:
-        """The untouched file, with its own validators and Range support; its type is sniffed, not guessed."""
-        media_type = sniff_media_type(service.source.head(source, SNIFF_BYTES))
+    def original(source: Located, request: Request) -> Response:
+        """The untouched original; its type is sniffed from its bytes, never guessed from its name."""
+        headers = {"ETag": etag_of(f"original:{source.identity}:{source.version}"), "Cache-Control": cache_control}
+        if is_not_modified(request.headers.get("if-none-match"), headers["ETag"]):
+            return not_modified(headers)
+        if source.path is None:  # a fetched original, already in memory
+            data = source.read()
+            media_type = sniff_media_type(data[:SNIFF_BYTES])
+            if media_type is None:
+                raise UnsupportedImage("the source is not an image in a supported format")
+            return image_response(data, media_type, headers, request.method == "HEAD")
+        with open(source.path, "rb") as handle:
+            media_type = sniff_media_type(handle.read(SNIFF_BYTES))
         if media_type is None:
             raise UnsupportedImage("the source is not an image in a supported format")
-        etag = (
-            '"' + hashlib.blake2b(f"original:{source.key}:{source.version}".encode(), digest_size=16).hexdigest() + '"'
-        )
-        headers = {"ETag": etag, "Cache-Control": cache_control}
-        if is_not_modified(request.headers.get("if-none-match"), etag):
-            return not_modified(headers)
+        # FileResponse streams from disk and answers Range requests itself.
         return FileResponse(source.path, media_type=media_type, headers=headers, stat_result=source.path.stat())
 
     @router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")

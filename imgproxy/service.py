@@ -1,21 +1,35 @@
 """The request flow, in order, free of HTTP types:
 
-parse options → negotiate format → locate source → key + ETag → cache → coalesced render in the pool → store.
+verify signature → expand preset → parse options → ladder → negotiate format → locate source
+→ key + ETag → result cache → coalesced render in the pool → store.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
-from imgproxy.cache import CachedImage, Coalescer, ResultCache
+import httpx
+
+from imgproxy import signing
+from imgproxy.cache import CachedImage, Coalescer, result_cache
+from imgproxy.errors import BadParameter, Forbidden
 from imgproxy.limiter import WorkLimiter
 from imgproxy.negotiate import negotiate, output_format
-from imgproxy.options import Format, Limits, Options, apply_dpr, parse_options
+from imgproxy.options import Format, Limits, Options, apply_dpr, apply_ladder, expand_preset, parse_options
 from imgproxy.pipeline.render import Rendered, render
+from imgproxy.responses import etag_of
 from imgproxy.settings import Settings
-from imgproxy.sources.local import LocalSource, SourceFile
+from imgproxy.sources.address import host_allowed
+from imgproxy.sources.base import Located, Source, check_key
+from imgproxy.sources.http import HttpFetcher, new_client
+from imgproxy.sources.local import LocalSource
+from imgproxy.sources.remote import Fetch, RemoteSource
+
+# Parameters about the request itself rather than the image: never part of the transform options.
+CONTROL_PARAMS = ("s", "expires", "preset", "url")
 
 
 @dataclass(frozen=True)
@@ -24,20 +38,33 @@ class RenderKey:
 
     source: str
     version: str
-    options: Options  # dpr folded in, defaults applied
+    options: Options  # dpr folded in, ladder and defaults applied
     format: Format  # explicit, or negotiated bucket (AUTO = legacy: JPEG/PNG by alpha)
     fingerprint: str  # encoder settings
 
     @property
     def etag(self) -> str:
-        return '"' + hashlib.blake2b(repr(self).encode(), digest_size=16).hexdigest() + '"'
+        return etag_of(repr(self))
+
+
+@dataclass(frozen=True)
+class Target:
+    """The parts of an HTTP request the flow needs."""
+
+    key: str  # a path under the primary source, or an absolute URL
+    remote: bool  # `key` is a URL given with ?url=
+    query: Sequence[tuple[str, str]]
+    raw_path: bytes  # as sent, for the signature
+    raw_query: bytes
+    accept: str | None
 
 
 @dataclass(frozen=True)
 class Request:
     key: RenderKey
-    source: SourceFile
+    source: Located
     negotiated: bool  # the format came from `Accept`: the response varies on it
+    bare: bool  # no options at all: an untouched original may be served
 
 
 @dataclass(frozen=True)
@@ -51,19 +78,47 @@ class ImageService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = Limits(settings.limits.max_width, settings.limits.max_height, settings.formats.avif)
-        self.source = LocalSource(settings.source.local_root, settings.limits.max_source_bytes)
-        self.cache = ResultCache(settings.cache.max_bytes)
+        self.cache = result_cache(settings.cache.max_bytes)
         self.renders: Coalescer[tuple[CachedImage, dict[str, float]]] = Coalescer()
         self.limiter = WorkLimiter(settings.limits.workers, settings.limits.queue, settings.limits.render_timeout)
         self._fingerprint = settings.output_fingerprint()
+        self._keys = settings.security.keys
+        self._client: httpx.AsyncClient | None = None
+        self.source: Source = self._primary_source()
+        self.url_source: RemoteSource | None = self._url_source()
 
-    def prepare(self, path: str, query: Iterable[tuple[str, str]], accept: str | None) -> Request:
-        """Everything that is known before a pixel is read: bad input fails here, cheaply."""
-        options = apply_dpr(parse_options(query, self.limits), self.limits)
-        fmt = output_format(options.format, negotiate(accept, self.settings.formats.avif))
-        source = self.source.locate(path)
-        key = RenderKey(source.key, source.version, options, fmt, self._fingerprint)
-        return Request(key=key, source=source, negotiated=options.format is Format.AUTO)
+    # --- lifecycle: the HTTP client belongs to the app's lifespan ---
+
+    async def start(self) -> None:
+        self._client = new_client()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        self.limiter.shutdown()
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = new_client()  # used outside a lifespan (tests driving the ASGI app directly)
+        return self._client
+
+    # --- the flow ---
+
+    async def prepare(self, target: Target) -> Request:
+        """Everything known before a pixel is read: bad input and bad signatures fail here, cheaply."""
+        signed = signing.verify(target.raw_path, target.raw_query, self._keys)
+        control, items = _split_control(target.query)
+        signing.check_expiry(control.get("expires"), time.time())
+        items = expand_preset(items, control.get("preset"), self.settings.presets, self.settings.security.presets_only)
+        requested = parse_options(items, self.limits)
+        options = apply_dpr(requested, self.limits)
+        if not signed:  # signed URLs were issued by the operator: they get exactly what they ask for
+            options = apply_ladder(options, requested, self.settings.limits.ladder_widths, self.settings.limits.ladder)
+        fmt = output_format(options.format, negotiate(target.accept, self.settings.formats.avif))
+        source = await self._locate(target)
+        key = RenderKey(source.identity, source.version, options, fmt, self._fingerprint)
+        bare = not items and "preset" not in control
+        return Request(key=key, source=source, negotiated=options.format is Format.AUTO, bare=bare)
 
     async def get(self, request: Request) -> Result:
         cached = self.cache.get(request.key)
@@ -73,17 +128,81 @@ class ImageService:
         return Result(image, hit=False, timings=timings)
 
     async def _render(self, request: Request) -> tuple[CachedImage, dict[str, float]]:
-        key = request.key
-        settings = self.settings
+        key, limits, formats = request.key, self.settings.limits, self.settings.formats
 
         def work() -> Rendered:
-            data = self.source.read(request.source)
-            return render(data, key.options, key.format, settings.limits, settings.formats)
+            return render(request.source.read(), key.options, key.format, limits, formats)
 
         rendered, waited = await self.limiter.run(work)
         image = CachedImage(rendered.content, rendered.format.media_type, rendered.width, rendered.height)
         self.cache.put(key, image)  # only reached on success: errors are never cached
         return image, {"queue": waited, **rendered.timings}
 
-    def close(self) -> None:
-        self.limiter.shutdown()
+    # --- sources ---
+
+    async def _locate(self, target: Target) -> Located:
+        if not target.remote:
+            return await self.source.locate(check_key(target.key))
+        if self.url_source is None:
+            raise Forbidden("remote URLs are disabled on this server")
+        if not target.key.lower().startswith(("http://", "https://")):
+            raise BadParameter("url", "must be an absolute http:// or https:// URL")
+        return await self.url_source.locate(target.key)
+
+    def _fetcher(self, patterns: list[str]) -> HttpFetcher:
+        src = self.settings.source
+        return HttpFetcher(
+            client=self.client,
+            host_allowed=lambda host, port: host_allowed(host, port, patterns),
+            max_bytes=self.settings.limits.max_source_bytes,
+            timeout=src.timeout,
+            max_redirects=src.max_redirects,
+            allow_private=src.allow_private_addresses,
+        )
+
+    def _remote(self, scheme: str, fetch: Fetch) -> RemoteSource:
+        src = self.settings.source
+        return RemoteSource(scheme, fetch, src.cache_bytes, (src.cache_min_ttl, src.cache_max_ttl))
+
+    def _primary_source(self) -> Source:
+        src = self.settings.source
+        if src.origin_url:
+            origin = httpx.URL(src.origin_url)
+            fetcher = self._fetcher([origin.host, *src.allowed_hosts])
+            return _OriginSource(self._remote("origin", fetcher.fetch), src.origin_url)
+        if src.s3_bucket:
+            from imgproxy.sources.s3 import S3Fetcher  # noqa: PLC0415  (boto3 is an optional extra)
+
+            s3 = S3Fetcher(
+                src.s3_bucket, src.s3_endpoint_url, src.s3_region, self.settings.limits.max_source_bytes, src.timeout
+            )
+            return self._remote(f"s3:{src.s3_bucket}", s3.fetch)
+        return LocalSource(src.local_root, self.settings.limits.max_source_bytes)
+
+    def _url_source(self) -> RemoteSource | None:
+        patterns = self.settings.source.allowed_hosts
+        return self._remote("url", self._fetcher(patterns).fetch) if patterns else None
+
+
+class _OriginSource:
+    """`/img/{path}` → `origin_url` + the percent-encoded path."""
+
+    def __init__(self, remote: RemoteSource, base: str) -> None:
+        self.remote = remote
+        self.base = base
+
+    async def locate(self, key: str) -> Located:
+        return await self.remote.locate(self.base + quote(key, safe="/"))
+
+
+def _split_control(query: Sequence[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    control: dict[str, str] = {}
+    items = []
+    for name, value in query:
+        if name in CONTROL_PARAMS:
+            if name in control:
+                raise BadParameter(name, "given more than once")
+            control[name] = value
+        else:
+            items.append((name, value))
+    return control, items

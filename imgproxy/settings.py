@@ -10,16 +10,28 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imgproxy.errors import BadParameter
+from imgproxy.options import Limits, parse_options
 
 ENV_PREFIX = "IMGPROXY_"
 NESTED_DELIMITER = "__"
 SAMPLES_DIR = Path(__file__).parent / "samples"
 MIB = 1024 * 1024
+
+
+def default_ladder(start: int = 16, stop: int = 4096, step: float = 0.08) -> list[int]:
+    """Widths about 8% apart from `start` to `stop`, rounded to even numbers."""
+    widths = [start]
+    while widths[-1] < stop:
+        widths.append(min(stop, max(widths[-1] + 2, 2 * round(widths[-1] * (1 + step) / 2))))
+    return widths
 
 
 class Group(BaseModel):
@@ -28,6 +40,17 @@ class Group(BaseModel):
 
 class SourceSettings(Group):
     local_root: Path = Field(SAMPLES_DIR, description="directory served by /img/{path}")
+    origin_url: str | None = Field(None, description="http(s) base URL that /img/{path} maps to")
+    s3_bucket: str | None = Field(None, description="S3 bucket that /img/{path} maps to")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint; default: AWS")
+    s3_region: str | None = Field(None, description="S3 region; default: from the AWS environment")
+    allowed_hosts: list[str] = Field([], description="glob patterns of hosts /img?url= may fetch; empty = off")
+    allow_private_addresses: bool = Field(False, description="allow loopback/private origin addresses")
+    timeout: float = Field(10.0, gt=0, description="total deadline of one origin fetch, redirects included")
+    max_redirects: int = Field(5, ge=0, le=20)
+    cache_bytes: int = Field(64 * MIB, ge=0, description="budget of the cache of fetched originals")
+    cache_min_ttl: int = Field(60, ge=0, description="seconds an original is reused at least")
+    cache_max_ttl: int = Field(86400, ge=0, description="seconds an original is reused at most")
 
     @field_validator("local_root")
     @classmethod
@@ -35,6 +58,25 @@ class SourceSettings(Group):
         if not value.is_dir():
             raise ValueError(f"{value} is not a directory")
         return value.resolve()
+
+    @field_validator("origin_url", "s3_endpoint_url")
+    @classmethod
+    def _must_be_http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL")
+            if not value.endswith("/"):
+                value += "/"
+        return value
+
+    @model_validator(mode="after")
+    def _one_primary_source(self) -> SourceSettings:
+        if self.origin_url and self.s3_bucket:
+            raise ValueError("set origin_url or s3_bucket, not both")
+        if self.cache_min_ttl > self.cache_max_ttl:
+            raise ValueError("cache_min_ttl is above cache_max_ttl")
+        return self
 
 
 class CacheSettings(Group):
@@ -49,7 +91,16 @@ class LimitsSettings(Group):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="renders at once")
     max_queue: int | None = Field(None, ge=0, description="renders allowed to wait; default 4 x workers")
     render_timeout: float = Field(10.0, gt=0, description="seconds a render may take before a 503")
+    ladder: Literal["off", "snap", "strict"] = Field("off", description="width ladder for unsigned requests")
+    ladder_widths: list[int] = Field(default_factory=default_ladder, description="the ladder, ascending")
     max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEG scans allowed (CPU bound)")
+
+    @field_validator("ladder_widths")
+    @classmethod
+    def _ascending(cls, value: list[int]) -> list[int]:
+        if not value or any(w < 1 for w in value) or sorted(set(value)) != value:
+            raise ValueError("must be a non-empty ascending list of distinct positive widths")
+        return value
 
     @property
     def queue(self) -> int:
@@ -75,6 +126,27 @@ class HttpSettings(Group):
     passthrough: bool = Field(False, description="serve untouched originals when a request has no options")
 
 
+_PLACEHOLDER_KEYS = {"secret", "changeme", "change-me", "password", "key", "example", "xxx", "test", "default"}
+
+
+class SecuritySettings(Group):
+    signing_keys: list[SecretStr] = Field([], description="HMAC-SHA256 keys; the first signs, all verify")
+    presets_only: bool = Field(False, description="refuse every option except preset (and the signature)")
+
+    @field_validator("signing_keys")
+    @classmethod
+    def _real_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            value = key.get_secret_value()
+            if len(value) < 16 or value.lower().strip("-_ ") in _PLACEHOLDER_KEYS or len(set(value)) < 4:
+                raise ValueError("a signing key must be a random string of at least 16 characters, not a placeholder")
+        return keys
+
+    @property
+    def keys(self) -> list[bytes]:
+        return [key.get_secret_value().encode() for key in self.signing_keys]
+
+
 class Settings(BaseSettings):
     """The service's configuration; build it with `load_settings()` so unknown keys are refused."""
 
@@ -91,6 +163,18 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     formats: FormatSettings = FormatSettings()
     http: HttpSettings = HttpSettings()
+    security: SecuritySettings = SecuritySettings()
+    presets: dict[str, str] = Field({}, description='named option sets: {"thumb": "w=200&h=200&fit=cover"}')
+
+    @model_validator(mode="after")
+    def _presets_parse(self) -> Settings:
+        limits = Limits(self.limits.max_width, self.limits.max_height, self.formats.avif)
+        for name, query in self.presets.items():
+            try:
+                parse_options(parse_qsl(query, keep_blank_values=True), limits)
+            except BadParameter as exc:
+                raise ValueError(f"preset {name!r}: {exc.detail}") from None
+        return self
 
     def output_fingerprint(self) -> str:
         """The settings that change output bytes: part of every cache key and ETag."""

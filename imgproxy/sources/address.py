@@ -1,0 +1,66 @@
+"""Which origin addresses may be fetched: public unicast only, unless private ones are allowed.
+
+Checked on the resolved addresses (so decimal, octal and hex spellings of 127.0.0.1, or DNS names that
+resolve to it, are caught), and the fetch then connects to the very address that was checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import socket
+
+from imgproxy.errors import Forbidden, OriginUnreachable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, NAT64, Teredo client), if any."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    """Loopback, private (RFC 1918/4193), link-local (cloud metadata), multicast, reserved, unspecified,
+    shared and documentation ranges are all not public."""
+    inner = embedded_ipv4(address)
+    if inner is not None and not is_public(inner):
+        return False
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified)
+
+
+def host_allowed(host: str, port: int, patterns: list[str]) -> bool:
+    """Glob patterns match the host, or `host:port` when the pattern has a colon."""
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        subject = f"{host}:{port}" if ":" in pattern else host
+        if fnmatch.fnmatchcase(subject, pattern.lower()):
+            return True
+    return False
+
+
+async def resolve(host: str, port: int, allow_private: bool) -> str:
+    """Resolve `host` and return an address to connect to; refuse the host if any address is not public."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise OriginUnreachable("the origin's host name does not resolve") from None
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not addresses:
+        raise OriginUnreachable("the origin's host name does not resolve")
+    if not allow_private and not all(is_public(address) for address in addresses):
+        raise Forbidden("the origin's address is not allowed (private, loopback, link-local or reserved)")
+    return str(addresses[0])
