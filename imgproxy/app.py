@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
 
 from imgproxy import __version__
 from imgproxy.errors import BadParameter, ImageProxyError
@@ -37,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    app.include_router(build_router(service))
+    router = build_router(service)
+    app.include_router(router)
     app.add_middleware(NoSniffMiddleware)
 
     @app.exception_handler(ImageProxyError)
@@ -51,13 +53,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         body = {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "detail": str(exc.detail)}
-        return ProblemResponse(
-            body, status_code=exc.status_code, headers={"Cache-Control": "no-store", **(exc.headers or {})}
-        )
+        headers = {"Cache-Control": "no-store", **(exc.headers or {})}
+        if exc.status_code == 405:  # GET and HEAD are separate routes: list every method the path has
+            headers["Allow"] = ", ".join(allowed_methods(router.routes, request))
+        return ProblemResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
+        # Runs in the outermost middleware, outside NoSniffMiddleware: set the header here too.
         body = {"type": "about:blank", "title": "Internal Server Error", "status": 500, "detail": "unexpected error"}
-        return ProblemResponse(body, status_code=500, headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        return ProblemResponse(body, status_code=500, headers=headers)
 
     return app
+
+
+def allowed_methods(routes: Sequence[BaseRoute], request: Request) -> list[str]:
+    methods = {
+        method
+        for route in routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
+        for method in route.methods or ()
+    }
+    return sorted(methods)

@@ -16,6 +16,7 @@ class CachedImage:
     media_type: str
     width: int
     height: int
+    headers: tuple[tuple[str, str], ...] = ()  # what the render has to say (e.g. X-Gravity), kept with it
 
 
 V = TypeVar("V")

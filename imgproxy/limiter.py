@@ -33,16 +33,18 @@ class WorkLimiter:
     def queued(self) -> int:
         return max(0, self._pending - self.workers)
 
-    async def run(self, work: Callable[[], T]) -> tuple[T, float]:
-        """Run `work` in the pool; return its result and the milliseconds it waited for a thread."""
+    async def run(self, work: Callable[[], tuple[T, dict[str, float]]]) -> tuple[T, dict[str, float]]:
+        """Run `work` (returning a result and its stage timings) in the pool; the wait for a thread is
+        added to the timings as `queue`."""
         if self._pending >= self.workers + self.max_queue:
             raise Overloaded("too many images are being rendered; retry shortly")
         self._pending += 1
         submitted = time.perf_counter()
 
-        def timed() -> tuple[T, float]:
+        def timed() -> tuple[T, dict[str, float]]:
             waited = (time.perf_counter() - submitted) * 1000
-            return work(), waited
+            result, timings = work()
+            return result, {"queue": waited, **timings}
 
         future = asyncio.get_running_loop().run_in_executor(self._executor, timed)
         future.add_done_callback(self._release)
@@ -52,7 +54,7 @@ class WorkLimiter:
             # The thread cannot be stopped; the decode budgets checked before it started bound its cost.
             raise RenderTimeout(f"the render took longer than {self.timeout:g} s") from None
 
-    def _release(self, future: asyncio.Future[tuple[T, float]]) -> None:
+    def _release(self, future: asyncio.Future[tuple[T, dict[str, float]]]) -> None:
         self._pending -= 1
         if not future.cancelled():
             future.exception()  # retrieved here, so an error after a timeout is not reported as lost

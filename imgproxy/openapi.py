@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from imgproxy.options import PARAMS, Format, Limits
 from imgproxy.settings import Settings
 
@@ -63,6 +65,38 @@ def query_parameters(limits: Limits, settings: Settings) -> list[dict[str, Any]]
     return parameters
 
 
+class ImageFacts(BaseModel):
+    """What `/meta` answers (also the JSON schema in the OpenAPI document)."""
+
+    width: int = Field(description="after EXIF orientation")
+    height: int = Field(description="after EXIF orientation")
+    format: str = Field(description="the source's format: jpeg, png, webp, gif, avif, tiff, bmp, ico, heif")
+    mode: str = Field(description="Pillow mode of the source, e.g. RGB, RGBA, P, CMYK, I;16")
+    has_alpha: bool
+    frames: int
+    orientation: int = Field(ge=1, le=8, description="EXIF orientation tag, 1 when absent")
+    icc: str | None = Field(description="embedded ICC profile description")
+    bytes: int
+    dominant_color: str = Field(pattern="^#[0-9a-f]{6}$")
+    blurhash: str
+    lqip: str = Field(description="a tiny WebP as a data: URI")
+
+
+def meta_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        304: {"description": "Not modified: `If-None-Match` matched the ETag."},
+        400: _problem("An option was given: /meta takes none."),
+        403: _problem("The signature is missing, wrong or expired, or the origin is not allowed."),
+        404: _problem("No such source image."),
+        413: _problem("The source is over the byte or pixel budget."),
+        415: _problem("The source is not a decodable image."),
+        502: _problem("The origin failed."),
+        503: _problem("Overloaded; retry after `Retry-After`."),
+        504: _problem("The origin did not answer in time."),
+        **DEFAULT_PROBLEM,
+    }
+
+
 def url_parameter() -> dict[str, Any]:
     return {
         "name": "url",
@@ -77,14 +111,25 @@ def _problem(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
 
 
+# Every route documents its other errors as problem documents (this also keeps FastAPI from claiming
+# a 422 that the service never sends: it validates parameters itself and answers 400).
+DEFAULT_PROBLEM: dict[int | str, dict[str, Any]] = {
+    "default": _problem("Any other error (405, 500), as a problem document.")
+}
+
+
 def image_responses(limits: Limits, signed: bool) -> dict[int | str, dict[str, Any]]:
     binary = {"schema": {"type": "string", "format": "binary"}}
-    formats = [f for f in Format if f is not Format.AUTO and (limits.avif or f is not Format.AVIF)]
+    formats = [f for f in Format if f not in (Format.AUTO, Format.BLURHASH) and (limits.avif or f is not Format.AVIF)]
+    formats = [f for f in formats if limits.heic or f is not Format.HEIC]
     header = {"schema": {"type": "string"}}
     responses: dict[int | str, dict[str, Any]] = {
         200: {
             "description": "The transformed image, in the format requested or negotiated from `Accept`.",
-            "content": {f.media_type: binary for f in formats},
+            "content": {
+                **{f.media_type: binary for f in formats},
+                "text/plain": {"schema": {"type": "string", "description": "the BlurHash, for fm=blurhash"}},
+            },
             "headers": {
                 "ETag": {**header, "description": "derived from the resolved options and the source version"},
                 "Cache-Control": header,
@@ -102,6 +147,7 @@ def image_responses(limits: Limits, signed: bool) -> dict[int | str, dict[str, A
         503: _problem("Overloaded or the render timed out; retry after `Retry-After`."),
         504: _problem("The origin did not answer within the fetch deadline."),
     }
+    responses.update(DEFAULT_PROBLEM)
     responses[403] = _problem(
         "The signature is missing, wrong or expired, or the origin is not allowed."
         if signed

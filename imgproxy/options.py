@@ -38,6 +38,8 @@ class Gravity(StrEnum):
     SOUTHEAST = "southeast"
     SOUTHWEST = "southwest"
     FOCAL = "focal"
+    SMART = "smart"  # the most detailed region (edges and saturation)
+    FACE = "face"  # the faces a detector finds; smart when there is none or no detector
 
 
 class Format(StrEnum):
@@ -47,10 +49,17 @@ class Format(StrEnum):
     WEBP = "webp"
     AVIF = "avif"
     GIF = "gif"
+    HEIC = "heic"
+    BLURHASH = "blurhash"  # a text placeholder, not an image
 
     @property
     def media_type(self) -> str:
-        return f"image/{self.value}"
+        return "text/plain; charset=utf-8" if self is Format.BLURHASH else f"image/{self.value}"
+
+    @property
+    def animated(self) -> bool:
+        """Formats that can carry every frame of an animated source."""
+        return self in (Format.GIF, Format.WEBP, Format.AVIF)
 
 
 class Flip(StrEnum):
@@ -75,6 +84,37 @@ class Limits:
     max_width: int = 8192
     max_height: int = 8192
     avif: bool = True
+    heic: bool = False  # pillow-heif installed
+    watermark: bool = False  # a watermark image is configured
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Pixel adjustments after resizing; the defaults change nothing."""
+
+    blur: float = 0.0  # Gaussian sigma in output pixels
+    sharpen: float = 0.0  # unsharp-mask amount (1 = 100%)
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    grayscale: bool = False
+
+
+@dataclass(frozen=True)
+class Watermark:
+    gravity: Gravity = Gravity.SOUTHEAST
+    opacity: float = 0.5
+    scale: float = 0.25  # watermark width as a share of the output width
+
+
+@dataclass(frozen=True)
+class Output:
+    """Encoder choices beyond format and quality."""
+
+    lossless: bool = False
+    colors: int | None = None  # palette size for PNG and GIF
+    progressive: bool = True  # JPEG
+    strip: bool = True  # False keeps EXIF (GPS is always removed)
 
 
 @dataclass(frozen=True)
@@ -94,6 +134,13 @@ class Options:
     crop: Rect | None = None
     rotate: int = 0
     flip: Flip = Flip.NONE
+    frame: int | None = None  # one still frame of an animation, from 0
+    trim: int | None = None  # remove uniform borders within this colour tolerance (0..255)
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, right, bottom, left, in output pixels
+    radius: int = 0  # rounded corners, output pixels
+    effects: Effects = Effects()
+    watermark: Watermark | None = None
+    output: Output = Output()
 
 
 # --- value parsers: each takes the raw string and the limits, returns the value or raises ValueError ---
@@ -149,6 +196,26 @@ def _rect(value: str) -> Rect:
     return Rect(x, y, w, h)
 
 
+def _pad(limits: Limits, value: str) -> tuple[int, int, int, int]:
+    """CSS-style: one value for all sides, two for vertical,horizontal, or four for top,right,bottom,left."""
+    parts = value.split(",")
+    if len(parts) not in (1, 2, 4):
+        raise ValueError("1, 2 or 4 comma-separated pixel counts (top,right,bottom,left)")
+    sides = [_int_in(0, max(limits.max_width, limits.max_height), part) for part in parts]
+    if len(sides) == 1:
+        return (sides[0], sides[0], sides[0], sides[0])
+    if len(sides) == 2:
+        return (sides[0], sides[1], sides[0], sides[1])
+    return (sides[0], sides[1], sides[2], sides[3])
+
+
+def _compass(value: str) -> Gravity:
+    gravity: Gravity = _choice(Gravity, {}, value)
+    if gravity in (Gravity.FOCAL, Gravity.SMART, Gravity.FACE):
+        raise ValueError("a compass gravity: center, north, south, east, west, northeast, ...")
+    return gravity
+
+
 def _rotation(value: str) -> int:
     if value not in ("0", "90", "180", "270"):
         raise ValueError("one of 0, 90, 180, 270")
@@ -164,11 +231,22 @@ def _resize(limits: Limits, value: str) -> tuple[int | None, int | None]:
     return (w, h)
 
 
+def _formats(limits: Limits) -> list[str]:
+    return [f.value for f in Format if (f is not Format.AVIF or limits.avif) and (f is not Format.HEIC or limits.heic)]
+
+
 def _format(limits: Limits, value: str) -> Format:
-    fmt: Format = _choice(Format, {"jpg": "jpeg"}, value)
-    if fmt is Format.AVIF and not limits.avif:
-        raise ValueError("avif output is disabled on this server; one of auto, jpeg, png, webp, gif")
+    fmt: Format = _choice(Format, {"jpg": "jpeg", "heif": "heic"}, value)
+    if fmt.value not in _formats(limits):
+        raise ValueError(f"one of {', '.join(_formats(limits))} ({fmt.value} output is not enabled on this server)")
     return fmt
+
+
+def _watermark(limits: Limits, value: str) -> bool:
+    enabled = _bool(value)
+    if enabled and not limits.watermark:
+        raise ValueError("0: no watermark image is configured on this server")
+    return enabled
 
 
 @dataclass(frozen=True)
@@ -230,7 +308,8 @@ PARAMS: tuple[Param, ...] = (
         ("gravity",),
         lambda lim, v: _choice(Gravity, {}, v),
         lambda lim: _enum_schema(Gravity),
-        "Crop anchor for `fit=cover`; `focal` uses `fx`,`fy`.",
+        "Crop anchor for `fit=cover`: a compass point; `focal` uses `fx`,`fy`; `smart` keeps the most detailed "
+        "region; `face` centres on detected faces (`smart` when there are none).",
         "north",
     ),
     Param(
@@ -269,12 +348,8 @@ PARAMS: tuple[Param, ...] = (
         "fm",
         ("format",),
         _format,
-        lambda lim: (
-            _enum_schema(Format, ("jpg",))
-            if lim.avif
-            else {"type": "string", "enum": [f.value for f in Format if f is not Format.AVIF] + ["jpg"]}
-        ),
-        "Output format; `auto` negotiates from `Accept`.",
+        lambda lim: {"type": "string", "enum": [*_formats(lim), "jpg"]},
+        "Output format; `auto` negotiates from `Accept`; `blurhash` answers a BlurHash as text.",
         "webp",
     ),
     Param(
@@ -316,6 +391,137 @@ PARAMS: tuple[Param, ...] = (
         lambda lim: _enum_schema(Flip),
         "Mirror after `rot`: `h`, `v` or `hv`.",
         "h",
+    ),
+    Param(
+        "frame",
+        (),
+        lambda lim, v: _int_in(0, 100_000, v),
+        lambda lim: {"type": "integer", "minimum": 0, "maximum": 100_000},
+        "One still frame of an animated source, counted from 0.",
+        "0",
+    ),
+    Param(
+        "trim",
+        (),
+        lambda lim, v: _int_in(0, 255, v),
+        lambda lim: {"type": "integer", "minimum": 0, "maximum": 255},
+        "Remove uniform borders (the colour of the top-left pixel, within this tolerance) before resizing.",
+        "10",
+    ),
+    Param(
+        "blur",
+        (),
+        lambda lim, v: _decimal_in(0.1, 100, v),
+        lambda lim: {"type": "number", "minimum": 0.1, "maximum": 100},
+        "Gaussian blur, sigma in output pixels.",
+        "2",
+    ),
+    Param(
+        "sharpen",
+        (),
+        lambda lim, v: _decimal_in(0.1, 10, v),
+        lambda lim: {"type": "number", "minimum": 0.1, "maximum": 10},
+        "Unsharp mask amount (1 = 100%).",
+        "0.8",
+    ),
+    *(
+        Param(
+            name,
+            (),
+            lambda lim, v: _decimal_in(0, 4, v),
+            lambda lim: {"type": "number", "minimum": 0, "maximum": 4},
+            f"{name.capitalize()} multiplier: 1 leaves the image unchanged.",
+            "1.2",
+        )
+        for name in ("brightness", "contrast", "saturation")
+    ),
+    Param(
+        "grayscale",
+        (),
+        lambda lim, v: _bool(v),
+        lambda lim: {"type": "integer", "enum": [0, 1]},
+        "`1` removes colour.",
+        "1",
+    ),
+    Param(
+        "pad",
+        (),
+        _pad,
+        lambda lim: {"type": "string", "pattern": r"^[0-9]+(,[0-9]+){0,3}$"},
+        "Padding in `bg` around the output: `all`, `vertical,horizontal` or `top,right,bottom,left` pixels.",
+        "10,20",
+    ),
+    Param(
+        "radius",
+        (),
+        lambda lim, v: _int_in(1, 4096, v),
+        lambda lim: {"type": "integer", "minimum": 1, "maximum": 4096},
+        "Rounded corners of this radius in pixels: transparent, or `bg` for formats without alpha.",
+        "16",
+    ),
+    Param(
+        "wm",
+        (),
+        _watermark,
+        lambda lim: {"type": "integer", "enum": [0, 1] if lim.watermark else [0]},
+        "`1` overlays the server's watermark image.",
+        "1",
+    ),
+    Param(
+        "wm_g",
+        (),
+        lambda lim, v: _compass(v),
+        lambda lim: {"type": "string", "enum": [g.value for g in Gravity][:9]},
+        "Watermark position.",
+        "southeast",
+    ),
+    Param(
+        "wm_o",
+        (),
+        lambda lim, v: _decimal_in(0, 1, v),
+        lambda lim: {"type": "number", "minimum": 0, "maximum": 1},
+        "Watermark opacity.",
+        "0.5",
+    ),
+    Param(
+        "wm_s",
+        (),
+        lambda lim, v: _decimal_in(0.01, 1, v),
+        lambda lim: {"type": "number", "minimum": 0.01, "maximum": 1},
+        "Watermark width as a share of the output width.",
+        "0.25",
+    ),
+    Param(
+        "lossless",
+        (),
+        lambda lim, v: _bool(v),
+        lambda lim: {"type": "integer", "enum": [0, 1]},
+        "`1` encodes WebP, AVIF or PNG without loss.",
+        "1",
+    ),
+    Param(
+        "colors",
+        (),
+        lambda lim, v: _int_in(2, 256, v),
+        lambda lim: {"type": "integer", "minimum": 2, "maximum": 256},
+        "Quantize PNG or GIF output to a palette of this many colours.",
+        "64",
+    ),
+    Param(
+        "progressive",
+        (),
+        lambda lim, v: _bool(v),
+        lambda lim: {"type": "integer", "enum": [0, 1]},
+        "JPEG progressive encoding (default 1).",
+        "0",
+    ),
+    Param(
+        "strip",
+        (),
+        lambda lim, v: _bool(v),
+        lambda lim: {"type": "integer", "enum": [0, 1]},
+        "`0` keeps the source's EXIF (GPS is always removed); default 1 strips all metadata.",
+        "0",
     ),
 )
 
@@ -367,6 +573,39 @@ def _build(raw: dict[str, Any]) -> Options:
         crop=raw.get("crop"),
         rotate=raw.get("rot", 0),
         flip=raw.get("flip", Flip.NONE),
+        frame=raw.get("frame"),
+        trim=raw.get("trim"),
+        pad=raw.get("pad", (0, 0, 0, 0)),
+        radius=raw.get("radius", 0),
+        effects=Effects(
+            blur=raw.get("blur", 0.0),
+            sharpen=raw.get("sharpen", 0.0),
+            brightness=raw.get("brightness", 1.0),
+            contrast=raw.get("contrast", 1.0),
+            saturation=raw.get("saturation", 1.0),
+            grayscale=raw.get("grayscale", False),
+        ),
+        watermark=_watermark_options(raw),
+        output=Output(
+            lossless=raw.get("lossless", False),
+            colors=raw.get("colors"),
+            progressive=raw.get("progressive", True),
+            strip=raw.get("strip", True),
+        ),
+    )
+
+
+def _watermark_options(raw: dict[str, Any]) -> Watermark | None:
+    tuning = [name for name in ("wm_g", "wm_o", "wm_s") if name in raw]
+    if not raw.get("wm"):
+        if tuning:
+            raise BadParameter(tuning[0], "needs wm=1")
+        return None
+    defaults = Watermark()
+    return Watermark(
+        gravity=raw.get("wm_g", defaults.gravity),
+        opacity=raw.get("wm_o", defaults.opacity),
+        scale=raw.get("wm_s", defaults.scale),
     )
 
 

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
 
 from imgproxy.errors import BadParameter, UnsupportedImage
-from imgproxy.openapi import image_responses, query_parameters, url_parameter
+from imgproxy.openapi import ImageFacts, image_responses, meta_responses, query_parameters, url_parameter
 from imgproxy.responses import etag_of, image_response, is_not_modified, not_modified, server_timing
 from imgproxy.service import ImageService, Target
+from imgproxy.service import Request as PreparedRequest
 from imgproxy.sniff import SNIFF_BYTES, sniff_media_type
 from imgproxy.sources.base import Located
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def get_and_head(router: APIRouter, path: str, **options: Any) -> Callable[[Endpoint], Endpoint]:
+    """Route GET and HEAD to one endpoint, each with its own operation id (FastAPI's `get` refuses HEAD)."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        for method in ("GET", "HEAD"):
+            operation_id = f"{endpoint.__name__}_{method.lower()}"
+            router.add_api_route(path, endpoint, methods=[method], operation_id=operation_id, **options)
+        return endpoint
+
+    return register
 
 
 def build_router(service: ImageService) -> APIRouter:
@@ -20,9 +38,9 @@ def build_router(service: ImageService) -> APIRouter:
     responses = image_responses(service.limits, signed=bool(settings.security.signing_keys))
     parameters = query_parameters(service.limits, settings)
 
-    @router.api_route(
+    @get_and_head(
+        router,
         "/img/{path:path}",
-        methods=["GET", "HEAD"],
         response_class=Response,
         responses=responses,
         openapi_extra={"parameters": parameters},
@@ -32,9 +50,9 @@ def build_router(service: ImageService) -> APIRouter:
         """Resize, crop and convert the image at `path` (relative to the source root, origin or bucket)."""
         return await serve(request, path, remote=False)
 
-    @router.api_route(
+    @get_and_head(
+        router,
         "/img",
-        methods=["GET", "HEAD"],
         response_class=Response,
         responses=responses,
         openapi_extra={"parameters": [url_parameter(), *parameters]},
@@ -43,34 +61,51 @@ def build_router(service: ImageService) -> APIRouter:
     )
     async def remote_image(request: Request) -> Response:
         """Fetch the image at `url` (its host must be on the allow-list), then transform it."""
-        urls = request.query_params.getlist("url")
-        if len(urls) != 1:
-            raise BadParameter("url", "exactly one absolute http(s) URL is required")
-        return await serve(request, urls[0], remote=True)
+        return await serve(request, _single_url(request), remote=True)
+
+    @get_and_head(
+        router,
+        "/meta/{path:path}",
+        responses=meta_responses(),
+        response_model=ImageFacts,
+        summary="Describe an image from the source",
+    )
+    async def meta(path: str, request: Request) -> Response:
+        """Dimensions, format, colour and placeholders (BlurHash, LQIP) of the image at `path`."""
+        return await respond(request, await service.prepare_meta(target_of(request, path, remote=False)))
+
+    @get_and_head(
+        router,
+        "/meta",
+        responses=meta_responses(),
+        response_model=ImageFacts,
+        openapi_extra={"parameters": [url_parameter()]},
+        summary="Describe an image fetched from a URL",
+        include_in_schema=bool(settings.source.allowed_hosts),
+    )
+    async def remote_meta(request: Request) -> Response:
+        """Like `/meta/{path}`, for an absolute `url` whose host is on the allow-list."""
+        key = _single_url(request)
+        return await respond(request, await service.prepare_meta(target_of(request, key, remote=True)))
 
     async def serve(request: Request, key: str, remote: bool) -> Response:
-        head = request.method == "HEAD"
-        target = Target(
-            key=key,
-            remote=remote,
-            query=request.query_params.multi_items(),
-            raw_path=request.scope.get("raw_path") or request.scope["path"].encode(),
-            raw_query=request.scope.get("query_string", b""),
-            accept=request.headers.get("accept"),
-        )
-        prepared = await service.prepare(target)
+        prepared = await service.prepare(target_of(request, key, remote))
         if settings.http.passthrough and prepared.bare:
             return original(prepared.source, request)
+        return await respond(request, prepared)
+
+    async def respond(request: Request, prepared: PreparedRequest) -> Response:
         headers = {"ETag": prepared.key.etag, "Cache-Control": cache_control}
-        if prepared.negotiated:
-            headers["Vary"] = "Accept"
+        if prepared.vary:
+            headers["Vary"] = ", ".join(prepared.vary)
         if is_not_modified(request.headers.get("if-none-match"), prepared.key.etag):
             return not_modified(headers)
         result = await service.get(prepared)
+        headers.update(result.image.headers)
         headers["X-Cache"] = "HIT" if result.hit else "MISS"
         if result.timings:
             headers["Server-Timing"] = server_timing(result.timings)
-        return image_response(result.image.content, result.image.media_type, headers, head)
+        return image_response(result.image.content, result.image.media_type, headers, request.method == "HEAD")
 
     def original(source: Located, request: Request) -> Response:
         """The untouched original; its type is sniffed from its bytes, never guessed from its name."""
@@ -90,8 +125,27 @@ def build_router(service: ImageService) -> APIRouter:
         # FileResponse streams from disk and answers Range requests itself.
         return FileResponse(source.path, media_type=media_type, headers=headers, stat_result=source.path.stat())
 
-    @router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
+    @get_and_head(router, "/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return router
+
+
+def target_of(request: Request, key: str, remote: bool) -> Target:
+    return Target(
+        key=key,
+        remote=remote,
+        query=request.query_params.multi_items(),
+        raw_path=request.scope.get("raw_path") or request.scope["path"].encode(),
+        raw_query=request.scope.get("query_string", b""),
+        accept=request.headers.get("accept"),
+        save_data=request.headers.get("save-data", "").strip().lower() == "on",
+    )
+
+
+def _single_url(request: Request) -> str:
+    urls = request.query_params.getlist("url")
+    if len(urls) != 1:
+        raise BadParameter("url", "exactly one absolute http(s) URL is required")
+    return urls[0]

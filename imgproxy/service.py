@@ -6,12 +6,15 @@ verify signature → expand preset → parse options → ladder → negotiate fo
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote
 
 import httpx
+from PIL import Image
 
 from imgproxy import signing
 from imgproxy.cache import CachedImage, Coalescer, result_cache
@@ -19,7 +22,11 @@ from imgproxy.errors import BadParameter, Forbidden
 from imgproxy.limiter import WorkLimiter
 from imgproxy.negotiate import negotiate, output_format
 from imgproxy.options import Format, Limits, Options, apply_dpr, apply_ladder, expand_preset, parse_options
-from imgproxy.pipeline.render import Rendered, render
+from imgproxy.pipeline import heif
+from imgproxy.pipeline.color import to_srgb
+from imgproxy.pipeline.decode import DECODERS
+from imgproxy.pipeline.meta import describe
+from imgproxy.pipeline.render import RenderContext, render
 from imgproxy.responses import etag_of
 from imgproxy.settings import Settings
 from imgproxy.sources.address import host_allowed
@@ -40,7 +47,19 @@ class RenderKey:
     version: str
     options: Options  # dpr folded in, ladder and defaults applied
     format: Format  # explicit, or negotiated bucket (AUTO = legacy: JPEG/PNG by alpha)
+    negotiated: bool  # the format came from `Accept`
+    save_data: bool  # `Save-Data: on` lowered the default quality
     fingerprint: str  # encoder settings
+
+    @property
+    def etag(self) -> str:
+        return etag_of(repr(self))
+
+
+@dataclass(frozen=True)
+class MetaKey:
+    source: str
+    version: str
 
     @property
     def etag(self) -> str:
@@ -57,14 +76,15 @@ class Target:
     raw_path: bytes  # as sent, for the signature
     raw_query: bytes
     accept: str | None
+    save_data: bool = False  # the client sent `Save-Data: on`
 
 
 @dataclass(frozen=True)
 class Request:
-    key: RenderKey
+    key: RenderKey | MetaKey
     source: Located
-    negotiated: bool  # the format came from `Accept`: the response varies on it
-    bare: bool  # no options at all: an untouched original may be served
+    vary: tuple[str, ...] = ()  # request headers the response depends on
+    bare: bool = False  # no options at all: an untouched original may be served
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,10 @@ class ImageService:
         self.limiter = WorkLimiter(settings.limits.workers, settings.limits.queue, settings.limits.render_timeout)
         self._fingerprint = settings.output_fingerprint()
         self._keys = settings.security.keys
+        heic = heif.enable()
+        self.decoders = (*DECODERS, "HEIF") if heic else DECODERS
+        self.limits = replace(self.limits, heic=heic, watermark=settings.watermark.path is not None)
+        self.watermark = self._load_watermark()
         self._client: httpx.AsyncClient | None = None
         self.source: Source = self._primary_source()
         self.url_source: RemoteSource | None = self._url_source()
@@ -114,11 +138,23 @@ class ImageService:
         options = apply_dpr(requested, self.limits)
         if not signed:  # signed URLs were issued by the operator: they get exactly what they ask for
             options = apply_ladder(options, requested, self.settings.limits.ladder_widths, self.settings.limits.ladder)
+        negotiated = options.format is Format.AUTO
         fmt = output_format(options.format, negotiate(target.accept, self.settings.formats.avif))
+        save_data = target.save_data and options.quality is None and fmt is not Format.BLURHASH
         source = await self._locate(target)
-        key = RenderKey(source.identity, source.version, options, fmt, self._fingerprint)
-        bare = not items and "preset" not in control
-        return Request(key=key, source=source, negotiated=options.format is Format.AUTO, bare=bare)
+        key = RenderKey(source.identity, source.version, options, fmt, negotiated, save_data, self._fingerprint)
+        vary = ("Accept",) * negotiated + ("Save-Data",) * (options.quality is None and fmt is not Format.BLURHASH)
+        return Request(key=key, source=source, vary=vary, bare=not items and "preset" not in control)
+
+    async def prepare_meta(self, target: Target) -> Request:
+        """`/meta`: the same signature rules and sources as images; no options."""
+        signing.verify(target.raw_path, target.raw_query, self._keys)
+        control, items = _split_control(target.query)
+        signing.check_expiry(control.get("expires"), time.time())
+        if items or "preset" in control:
+            raise BadParameter((items[0][0] if items else "preset"), "/meta takes no options")
+        source = await self._locate(target)
+        return Request(key=MetaKey(source.identity, source.version), source=source)
 
     async def get(self, request: Request) -> Result:
         cached = self.cache.get(request.key)
@@ -128,15 +164,51 @@ class ImageService:
         return Result(image, hit=False, timings=timings)
 
     async def _render(self, request: Request) -> tuple[CachedImage, dict[str, float]]:
-        key, limits, formats = request.key, self.settings.limits, self.settings.formats
-
-        def work() -> Rendered:
-            return render(request.source.read(), key.options, key.format, limits, formats)
-
-        rendered, waited = await self.limiter.run(work)
-        image = CachedImage(rendered.content, rendered.format.media_type, rendered.width, rendered.height)
+        key = request.key
+        work = functools.partial(self._describe if isinstance(key, MetaKey) else self._transform, request)
+        image, timings = await self.limiter.run(work)
         self.cache.put(key, image)  # only reached on success: errors are never cached
-        return image, {"queue": waited, **rendered.timings}
+        return image, timings
+
+    # --- the work itself, in a pool thread ---
+
+    def _transform(self, request: Request) -> tuple[CachedImage, dict[str, float]]:
+        key = request.key
+        assert isinstance(key, RenderKey)
+        context = RenderContext(
+            limits=self.settings.limits,
+            formats=self.settings.formats,
+            negotiated=key.negotiated,
+            quality_drop=self.settings.formats.save_data_quality_drop if key.save_data else 0,
+            watermark=self.watermark,
+            decoders=self.decoders,
+        )
+        rendered = render(request.source.read(), key.options, key.format, context)
+        media_type = rendered.format.media_type
+        image = CachedImage(
+            rendered.content, media_type, rendered.width, rendered.height, tuple(rendered.notes.items())
+        )
+        return image, rendered.timings
+
+    def _describe(self, request: Request) -> tuple[CachedImage, dict[str, float]]:
+        started = time.perf_counter()
+        limits = self.settings.limits
+        facts = describe(request.source.read(), limits.max_source_pixels, limits.max_jpeg_scans, self.decoders)
+        content = json.dumps(facts, separators=(",", ":")).encode()
+        elapsed = (time.perf_counter() - started) * 1000
+        return CachedImage(content, "application/json", facts["width"], facts["height"]), {"describe": elapsed}
+
+    def _load_watermark(self) -> Image.Image | None:
+        """The watermark image, decoded once at start-up; a bad path stops start-up."""
+        path = self.settings.watermark.path
+        if path is None:
+            return None
+        root = self.settings.source.local_root
+        file = (root / path).resolve()
+        if not file.is_relative_to(root) or not file.is_file():
+            raise ValueError(f"IMGPROXY_WATERMARK__PATH: {path} is not a file under the local root")
+        with Image.open(file) as mark:
+            return to_srgb(mark.convert("RGBA"))
 
     # --- sources ---
 

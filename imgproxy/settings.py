@@ -94,6 +94,8 @@ class LimitsSettings(Group):
     ladder: Literal["off", "snap", "strict"] = Field("off", description="width ladder for unsigned requests")
     ladder_widths: list[int] = Field(default_factory=default_ladder, description="the ladder, ascending")
     max_jpeg_scans: int = Field(100, ge=1, description="progressive JPEG scans allowed (CPU bound)")
+    max_frames: int = Field(500, ge=1, description="frames of an animation rendered; over it: first frame")
+    strict_animation: bool = Field(False, description="an animation over the frame or pixel budget is a 413")
 
     @field_validator("ladder_widths")
     @classmethod
@@ -115,6 +117,12 @@ class FormatSettings(Group):
     webp_method: int = Field(4, ge=0, le=6, description="WebP effort: 0 fast .. 6 small")
     avif_speed: int = Field(8, ge=0, le=10, description="AVIF effort: 0 slow/small .. 10 fast")
     png_compress_level: int = Field(9, ge=0, le=9)
+    avif_max_megapixels: float = Field(2.0, gt=0, description="larger negotiated AVIF outputs fall back to WebP")
+    save_data_quality_drop: int = Field(20, ge=0, le=99, description="default quality drop for Save-Data: on")
+
+
+class WatermarkSettings(Group):
+    path: str | None = Field(None, description="watermark image for wm=1, relative to the local root")
 
 
 class HttpSettings(Group):
@@ -164,6 +172,7 @@ class Settings(BaseSettings):
     formats: FormatSettings = FormatSettings()
     http: HttpSettings = HttpSettings()
     security: SecuritySettings = SecuritySettings()
+    watermark: WatermarkSettings = WatermarkSettings()
     presets: dict[str, str] = Field({}, description='named option sets: {"thumb": "w=200&h=200&fit=cover"}')
 
     @model_validator(mode="after")

@@ -48,21 +48,26 @@ def guarded(call: Callable[[], T]) -> T:
         raise UnsupportedImage("the source is not a complete image in a supported format") from None
 
 
-def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int) -> Image.Image:
-    """Identify the image from its header and refuse it before decoding if it is over budget."""
-    image = guarded(lambda: Image.open(io.BytesIO(data), formats=DECODERS))
+def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int, decoders: tuple[str, ...] = DECODERS) -> Image.Image:
+    """Identify the image from its header and refuse it before decoding if it is over budget.
+
+    The budget here is for one frame; animations are budgeted as a whole by the caller."""
+    image = guarded(lambda: Image.open(io.BytesIO(data), formats=decoders))
     width, height = image.size
     if width < 1 or height < 1:
         raise UnsupportedImage("the image has no pixels")
-    frames = guarded(lambda: getattr(image, "n_frames", 1))
-    if width * height * frames > max_pixels:
-        raise SourceTooLarge(f"the image has {width}x{height} pixels x {frames} frames, over this server's budget")
+    if width * height > max_pixels:
+        raise SourceTooLarge(f"the image has {width}x{height} pixels, over this server's budget")
     if image.format == "JPEG" and image.info.get("progressive"):
         # Each scan of a progressive JPEG is a pass over the whole image: thousands of scans in a
         # few hundred KB pin a core for minutes. Every SOS marker in the file counts (an upper bound).
         if data.count(b"\xff\xda") > max_jpeg_scans:
             raise UnsupportedImage("the progressive JPEG has more scans than this server decodes")
     return image
+
+
+def frame_count(image: Image.Image) -> int:
+    return int(guarded(lambda: getattr(image, "n_frames", 1)))
 
 
 def orientation(image: Image.Image) -> int:

@@ -28,12 +28,18 @@ _ANCHORS: dict[Gravity, tuple[float, float]] = {
 }
 
 
+def scale_box(box: Box, sx: float, sy: float, bounds: tuple[int, int]) -> Box:
+    left, top, right, bottom = box
+    return (left * sx, top * sy, min(right * sx, bounds[0]), min(bottom * sy, bounds[1]))
+
+
 @dataclass(frozen=True)
 class Geometry:
     box: Box  # region of the (oriented) source to resample: left, top, right, bottom
     size: tuple[int, int]  # what that region is resampled to
     canvas: tuple[int, int]  # final size: `size` plus `contain` padding
     offset: tuple[int, int]  # where `size` sits on the canvas
+    region: Box  # the part of the source that may be used (the `crop` rectangle, or all of it)
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -48,9 +54,8 @@ def round_half_up(value: float) -> int:
 
 def plan(source: tuple[int, int], options: Options, max_size: tuple[int, int]) -> Geometry:
     """Plan the geometry of `options` (with `dpr` already folded in) on a source of size `source`."""
-    box = _crop_region(source, options.crop)
-    region = (box[2] - box[0], box[3] - box[1])
-    size = _fit_size(region, options)
+    box = region = _crop_region(source, options.crop)
+    size = _fit_size((box[2] - box[0], box[3] - box[1]), options)
     if options.fit is Fit.COVER and options.width and options.height:
         box = _cover_box(box, size, options)
     size = _within(size, max_size)
@@ -58,7 +63,7 @@ def plan(source: tuple[int, int], options: Options, max_size: tuple[int, int]) -
     if options.fit is Fit.CONTAIN and options.width and options.height:
         canvas = (options.width, options.height)
     offset = ((canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2)
-    return Geometry(box=box, size=size, canvas=canvas, offset=offset)
+    return Geometry(box=box, size=size, canvas=canvas, offset=offset, region=region)
 
 
 def _crop_region(source: tuple[int, int], crop: Rect | None) -> Box:
@@ -121,7 +126,7 @@ def _cover_box(region: Box, size: tuple[int, int], options: Options) -> Box:
         x = min(max(fx * rw - cw / 2, 0.0), rw - cw)
         y = min(max(fy * rh - ch / 2, 0.0), rh - ch)
     else:
-        ax, ay = _ANCHORS[options.gravity]
+        ax, ay = _ANCHORS.get(options.gravity, (0.5, 0.5))  # smart/face: centred until attention moves it
         x, y = (rw - cw) * ax, (rh - ch) * ay
     return (left + x, top + y, left + x + cw, top + y + ch)
 

@@ -1,21 +1,38 @@
 """The whole pipeline as one pure function: source bytes + options → encoded bytes.
 
-decode header (budgets) → plan geometry → shrink-on-load → decode + orient → sRGB → STEPS → encode.
-No HTTP, no settings global, no I/O: limits and encoder settings arrive as arguments.
+open (budgets from the header) → plan geometry → shrink-on-load → decode + orient → sRGB → trim
+→ content-aware gravity → STEPS on every frame → encode. No HTTP, no settings global, no I/O: limits,
+encoder settings and the watermark arrive as arguments.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from PIL import Image
+
+from imgproxy.errors import BadParameter, SourceTooLarge
 from imgproxy.options import Format, Options
-from imgproxy.pipeline import decode
+from imgproxy.pipeline import attention, blurhash, decode
 from imgproxy.pipeline.color import to_srgb
-from imgproxy.pipeline.encode import choose_format, encode
-from imgproxy.pipeline.geometry import Geometry, plan
+from imgproxy.pipeline.encode import Frames, choose_format, encode, kept_exif, quality_for
+from imgproxy.pipeline.geometry import Geometry, plan, scale_box
 from imgproxy.pipeline.steps import STEPS, Plan
+from imgproxy.pipeline.trim import trim_box
 from imgproxy.settings import FormatSettings, LimitsSettings
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What a render needs besides the bytes and the options."""
+
+    limits: LimitsSettings
+    formats: FormatSettings
+    negotiated: bool = False  # the format came from `Accept`: it may be swapped for a better fit
+    quality_drop: int = 0  # Save-Data: lower the default quality by this much
+    watermark: Image.Image | None = None
+    decoders: tuple[str, ...] = decode.DECODERS
 
 
 @dataclass(frozen=True)
@@ -25,45 +42,129 @@ class Rendered:
     width: int
     height: int
     timings: dict[str, float]  # stage → milliseconds
+    notes: dict[str, str] = field(default_factory=dict)  # response headers worth sending (e.g. X-Gravity)
 
 
-def render(data: bytes, options: Options, fmt: Format, limits: LimitsSettings, formats: FormatSettings) -> Rendered:
+def render(data: bytes, options: Options, fmt: Format, context: RenderContext) -> Rendered:
     """Render `data` per `options` (dpr folded in) to `fmt` (`AUTO` = JPEG, or PNG with alpha)."""
     start = time.perf_counter()
-    image = decode.open_image(data, limits.max_source_pixels, limits.max_jpeg_scans)
+    limits = context.limits
+    image = decode.open_image(data, limits.max_source_pixels, limits.max_jpeg_scans, context.decoders)
+    frame_count = _frames_to_render(image, options, fmt, limits)
     orient = decode.orientation(image)
+    exif = None if options.output.strip else image.getexif()
+    if fmt is Format.BLURHASH:
+        image.draft("RGB", (blurhash.ANALYSIS_SIDE * 2, blurhash.ANALYSIS_SIDE * 2))
+        text = blurhash.encode(to_srgb(decode.load(image, orient)))
+        elapsed = (time.perf_counter() - start) * 1000
+        return Rendered(text.encode(), Format.BLURHASH, 0, 0, {"decode": elapsed})
+
     source_size = decode.oriented_size(image.size, orient)
-    geometry = plan(source_size, options, (limits.max_width, limits.max_height))
-    sx, sy = geometry.scale
-    decode.shrink_on_load(image, decode.oriented_size((source_size[0] * sx, source_size[1] * sy), orient))
-    image = to_srgb(decode.load(image, orient))
-    geometry = _rescale(geometry, source_size, image.size)
+    geometry = None
+    if options.trim is None:  # trimming changes the size to fit, so it must see full-size pixels
+        geometry = plan(source_size, options, (limits.max_width, limits.max_height))
+        sx, sy = geometry.scale
+        decode.shrink_on_load(image, decode.oriented_size((source_size[0] * sx, source_size[1] * sy), orient))
+    first = to_srgb(decode.load(image, orient))
+    trimmed = trim_box(first, options.trim) if options.trim is not None else None
+    if trimmed is not None:
+        first = first.crop(tuple(int(v) for v in trimmed))  # type: ignore[arg-type]
+    if geometry is None:
+        geometry = plan(first.size, options, (limits.max_width, limits.max_height))
+    else:
+        geometry = _rescale(geometry, source_size, first.size)
+    geometry, notes = attention.refine(first, geometry, options)
     decoded = time.perf_counter()
 
-    step_plan = Plan(options=options, geometry=geometry, format=choose_format(fmt, image.mode == "RGBA"))
-    for step in STEPS:
-        image = step(image, step_plan)
+    out_format = _output_format(fmt, first, geometry, frame_count, context)
+    if out_format is not fmt and fmt is not Format.AUTO:
+        notes["X-Format-Fallback"] = f"{fmt.value} -> {out_format.value}"
+    step_plan = Plan(options=options, geometry=geometry, format=out_format, watermark=context.watermark)
+    if frame_count > 1:
+        first = first.convert("RGBA")  # every frame in one mode: later frames may gain transparency
+    frames = Frames([_apply_steps(first, step_plan)])
+    if frame_count > 1:
+        frames = _animation(image, frames, frame_count, trimmed, step_plan)
     transformed = time.perf_counter()
 
-    content = encode(image, step_plan.format, options.quality, formats)
+    quality = quality_for(out_format, options.quality, context.formats, context.quality_drop)
+    content = encode(frames, out_format, quality, options.output, context.formats, exif=kept_exif(exif))
     done = time.perf_counter()
+    result = frames.images[0]
     return Rendered(
         content=content,
-        format=step_plan.format,
-        width=image.width,
-        height=image.height,
+        format=out_format,
+        width=result.width,
+        height=result.height,
         timings={
             "decode": (decoded - start) * 1000,
             "transform": (transformed - decoded) * 1000,
             "encode": (done - transformed) * 1000,
         },
+        notes=notes,
     )
 
 
+def _frames_to_render(image: Image.Image, options: Options, fmt: Format, limits: LimitsSettings) -> int:
+    """Seek to `frame=N`, or decide how many frames of an animation to keep (1 when over budget)."""
+    count = decode.frame_count(image)
+    if options.frame is not None:
+        if options.frame >= count:
+            raise BadParameter("frame", f"must be below the source's {count} frames")
+        frame = options.frame
+        decode.guarded(lambda: image.seek(frame))
+        return 1
+    if count == 1 or not (fmt.animated or fmt is Format.AUTO):
+        return 1
+    over = count > limits.max_frames or image.width * image.height * count > limits.max_source_pixels
+    if over and limits.strict_animation:
+        raise SourceTooLarge(f"the animation has {count} frames, over this server's frame or pixel budget")
+    return 1 if over else count
+
+
+def _output_format(
+    fmt: Format, first: Image.Image, geometry: Geometry, frame_count: int, context: RenderContext
+) -> Format:
+    animated = frame_count > 1
+    if fmt is Format.AUTO:  # the legacy bucket: keep animation as GIF, alpha as PNG
+        return Format.GIF if animated else choose_format(fmt, first.mode == "RGBA")
+    if fmt is Format.AVIF and context.negotiated:
+        # Animated AVIF and very large AVIF encodes are slow: WebP is the next best a browser named.
+        megapixels = geometry.canvas[0] * geometry.canvas[1] / 1e6
+        if animated or megapixels > context.formats.avif_max_megapixels:
+            return Format.WEBP
+    return fmt
+
+
+def _apply_steps(image: Image.Image, step_plan: Plan) -> Image.Image:
+    for step in STEPS:
+        image = step(image, step_plan)
+    return image
+
+
+def _animation(
+    image: Image.Image, first: Frames, count: int, trimmed: tuple[float, ...] | None, step_plan: Plan
+) -> Frames:
+    """Every frame through the same steps, with the source's durations, loop count and disposal."""
+    frames = Frames(first.images, durations=[], loop=int(image.info.get("loop", 0)), disposal=[])
+    for index in range(count):
+        decode.guarded(lambda i=index: image.seek(i))  # type: ignore[misc]
+        frames.durations.append(int(image.info.get("duration", 100)))
+        frames.disposal.append(int(getattr(image, "disposal_method", 0)))
+        if index == 0:
+            continue
+        frame = to_srgb(decode.guarded(lambda: image.convert("RGBA")))
+        if trimmed is not None:
+            frame = frame.crop(tuple(int(v) for v in trimmed))  # type: ignore[arg-type]
+        frames.images.append(_apply_steps(frame, step_plan))
+    return frames
+
+
 def _rescale(geometry: Geometry, planned: tuple[int, int], decoded: tuple[int, int]) -> Geometry:
-    """Map the planned source box onto the pixels the decoder actually produced (after DCT scaling)."""
+    """Map the planned boxes onto the pixels the decoder actually produced (after DCT scaling)."""
     if planned == decoded:
         return geometry
     sx, sy = decoded[0] / planned[0], decoded[1] / planned[1]
-    left, top, right, bottom = geometry.box
-    return replace(geometry, box=(left * sx, top * sy, min(right * sx, decoded[0]), min(bottom * sy, decoded[1])))
+    return replace(
+        geometry, box=scale_box(geometry.box, sx, sy, decoded), region=scale_box(geometry.region, sx, sy, decoded)
+    )

@@ -5,12 +5,13 @@ Adding an operation is one function here, one entry in `STEPS` and one test.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter
 
-from imgproxy.options import Flip, Format, Options
+from imgproxy.options import Flip, Format, Gravity, Options
 from imgproxy.pipeline.geometry import Geometry
 
 ALPHA_FORMATS = frozenset({Format.PNG, Format.WEBP, Format.AVIF, Format.GIF})
@@ -25,6 +26,7 @@ class Plan:
     options: Options
     geometry: Geometry
     format: Format  # concrete: never AUTO
+    watermark: Image.Image | None = None  # the configured watermark, RGBA, when `wm=1`
 
 
 Step = Callable[[Image.Image, Plan], Image.Image]
@@ -68,6 +70,104 @@ def flip(image: Image.Image, plan: Plan) -> Image.Image:
     return image
 
 
+def _colour_only(image: Image.Image, change: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """Apply `change` to the colour channels; the alpha channel stays exactly as it was."""
+    if image.mode != "RGBA":
+        return change(image)
+    changed = change(image.convert("RGB"))
+    changed.putalpha(image.getchannel("A"))
+    return changed
+
+
+def adjust(image: Image.Image, plan: Plan) -> Image.Image:
+    """brightness, contrast and saturation multipliers; grayscale is saturation 0."""
+    effects = plan.options.effects
+    changes = [(ImageEnhance.Brightness, effects.brightness), (ImageEnhance.Contrast, effects.contrast)]
+    if image.mode != "L":
+        changes.append((ImageEnhance.Color, 0.0 if effects.grayscale else effects.saturation))
+    for enhancer, factor in changes:
+        if factor != 1.0:
+            image = _colour_only(image, functools.partial(_enhance, enhancer, factor))
+    return image
+
+
+def _enhance(
+    enhancer: Callable[[Image.Image], ImageEnhance._Enhance], factor: float, image: Image.Image
+) -> Image.Image:
+    return enhancer(image).enhance(factor)
+
+
+def blur(image: Image.Image, plan: Plan) -> Image.Image:
+    sigma = plan.options.effects.blur
+    return image.filter(ImageFilter.GaussianBlur(sigma)) if sigma else image
+
+
+def sharpen(image: Image.Image, plan: Plan) -> Image.Image:
+    amount = plan.options.effects.sharpen
+    if not amount:
+        return image
+    unsharp = ImageFilter.UnsharpMask(radius=1.0, percent=round(amount * 100), threshold=2)
+    return _colour_only(image, lambda rgb: rgb.filter(unsharp))
+
+
+def extend(image: Image.Image, plan: Plan) -> Image.Image:
+    """`pad=top,right,bottom,left`: a border in `bg` (transparent where the format has alpha)."""
+    top, right, bottom, left = plan.options.pad
+    if not (top or right or bottom or left):
+        return image
+    has_alpha = plan.format in ALPHA_FORMATS
+    colour = plan.options.background or (TRANSPARENT if has_alpha else WHITE)
+    mode = "RGBA" if has_alpha or image.mode == "RGBA" else "RGB"
+    canvas = Image.new(mode, (image.width + left + right, image.height + top + bottom), colour[: len(mode)])
+    canvas.paste(image.convert(mode), (left, top))
+    return canvas
+
+
+def round_corners(image: Image.Image, plan: Plan) -> Image.Image:
+    """Corners outside the radius become transparent (and `bg` once flattened for JPEG)."""
+    radius = min(plan.options.radius, image.width // 2, image.height // 2)
+    if radius < 1:
+        return image
+    # Draw the mask at 4x and shrink it: antialiased edges without a per-pixel loop.
+    big = Image.new("L", (image.width * 4, image.height * 4), 0)
+    ImageDraw.Draw(big).rounded_rectangle((0, 0, big.width - 1, big.height - 1), radius * 4, fill=255)
+    mask = big.resize(image.size, Image.Resampling.LANCZOS)
+    rounded = image.convert("RGBA")
+    rounded.putalpha(ImageChops.multiply(rounded.getchannel("A"), mask))
+    return rounded
+
+
+_WATERMARK_ANCHORS = {
+    Gravity.CENTER: (0.5, 0.5),
+    Gravity.NORTH: (0.5, 0.0),
+    Gravity.SOUTH: (0.5, 1.0),
+    Gravity.EAST: (1.0, 0.5),
+    Gravity.WEST: (0.0, 0.5),
+    Gravity.NORTHEAST: (1.0, 0.0),
+    Gravity.NORTHWEST: (0.0, 0.0),
+    Gravity.SOUTHEAST: (1.0, 1.0),
+    Gravity.SOUTHWEST: (0.0, 1.0),
+}
+WATERMARK_MARGIN = 0.02  # of the output's shorter side, between the watermark and the edge
+
+
+def watermark(image: Image.Image, plan: Plan) -> Image.Image:
+    spec, mark = plan.options.watermark, plan.watermark
+    if spec is None or mark is None:
+        return image
+    width = max(1, round(image.width * spec.scale))
+    height = max(1, round(mark.height * width / mark.width))
+    mark = mark.resize((width, height), Image.Resampling.LANCZOS)
+    alpha = mark.getchannel("A").point(lambda value: round(value * spec.opacity))
+    margin = round(min(image.size) * WATERMARK_MARGIN)
+    ax, ay = _WATERMARK_ANCHORS[spec.gravity]
+    x = round(margin + (image.width - width - 2 * margin) * ax)
+    y = round(margin + (image.height - height - 2 * margin) * ay)
+    base = image.convert("RGBA") if image.mode == "RGBA" else image.convert("RGB")
+    base.paste(mark.convert(base.mode), (x, y), alpha)
+    return base
+
+
 def flatten(image: Image.Image, plan: Plan) -> Image.Image:
     """Composite alpha onto `bg` (white by default; its own alpha ignored) for formats without alpha."""
     if plan.format in ALPHA_FORMATS or image.mode != "RGBA":
@@ -78,4 +178,16 @@ def flatten(image: Image.Image, plan: Plan) -> Image.Image:
     return canvas
 
 
-STEPS: tuple[Step, ...] = (resize, pad, rotate, flip, flatten)
+STEPS: tuple[Step, ...] = (
+    resize,
+    pad,
+    rotate,
+    flip,
+    adjust,
+    blur,
+    sharpen,
+    extend,
+    round_corners,
+    watermark,
+    flatten,
+)
