@@ -641,9 +641,22 @@ def expand_preset(
         return items
     if preset not in presets:
         raise BadParameter("preset", "unknown preset; known: " + ", ".join(sorted(presets)))
+    items = _split_resize(items)
     given = {canonical(name) for name, _ in items}
-    base = [(name, value) for name, value in parse_qsl(presets[preset], keep_blank_values=True)]
+    base = _split_resize(parse_qsl(presets[preset], keep_blank_values=True))
     return [item for item in base if canonical(item[0]) not in given] + items
+
+
+def _split_resize(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`resize=WxH` as `w` and `h`, so a request's size overrides a preset's whichever way each spells it."""
+    split: list[tuple[str, str]] = []
+    for name, value in items:
+        match = re.fullmatch(r"([0-9]*)x([0-9]*)", value) if name == "resize" else None
+        if match and (match.group(1) or match.group(2)):
+            split += [(axis, size) for axis, size in zip(("w", "h"), match.groups(), strict=True) if size]
+        else:
+            split.append((name, value))
+    return split
 
 
 def apply_ladder(options: Options, requested: Options, widths: Sequence[int], mode: str) -> Options:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
 
-from imgproxy.errors import BadParameter, UnsupportedImage
+from imgproxy.errors import UnsupportedImage
 from imgproxy.openapi import ImageFacts, image_responses, meta_responses, query_parameters, url_parameter
 from imgproxy.responses import etag_of, image_response, is_not_modified, not_modified, server_timing
 from imgproxy.service import ImageService, Target
@@ -61,7 +61,7 @@ def build_router(service: ImageService) -> APIRouter:
     )
     async def remote_image(request: Request) -> Response:
         """Fetch the image at `url` (its host must be on the allow-list), then transform it."""
-        return await serve(request, _single_url(request), remote=True)
+        return await serve(request, "", remote=True)
 
     @get_and_head(
         router,
@@ -85,8 +85,7 @@ def build_router(service: ImageService) -> APIRouter:
     )
     async def remote_meta(request: Request) -> Response:
         """Like `/meta/{path}`, for an absolute `url` whose host is on the allow-list."""
-        key = _single_url(request)
-        return await respond(request, await service.prepare_meta(target_of(request, key, remote=True)))
+        return await respond(request, await service.prepare_meta(target_of(request, "", remote=True)))
 
     async def serve(request: Request, key: str, remote: bool) -> Response:
         prepared = await service.prepare(target_of(request, key, remote))
@@ -142,10 +141,3 @@ def target_of(request: Request, key: str, remote: bool) -> Target:
         accept=request.headers.get("accept"),
         save_data=request.headers.get("save-data", "").strip().lower() == "on",
     )
-
-
-def _single_url(request: Request) -> str:
-    urls = request.query_params.getlist("url")
-    if len(urls) != 1:
-        raise BadParameter("url", "exactly one absolute http(s) URL is required")
-    return urls[0]

@@ -21,7 +21,16 @@ from imgproxy.cache import CachedImage, Coalescer, result_cache
 from imgproxy.errors import BadParameter, Forbidden
 from imgproxy.limiter import WorkLimiter
 from imgproxy.negotiate import negotiate, output_format
-from imgproxy.options import Format, Limits, Options, apply_dpr, apply_ladder, expand_preset, parse_options
+from imgproxy.options import (
+    Format,
+    Limits,
+    Options,
+    apply_dpr,
+    apply_ladder,
+    canonical,
+    expand_preset,
+    parse_options,
+)
 from imgproxy.pipeline import heif
 from imgproxy.pipeline.color import to_srgb
 from imgproxy.pipeline.decode import DECODERS
@@ -37,6 +46,8 @@ from imgproxy.sources.remote import Fetch, RemoteSource
 
 # Parameters about the request itself rather than the image: never part of the transform options.
 CONTROL_PARAMS = ("s", "expires", "preset", "url")
+# Parameters that set the output size: when a request sets one, the width ladder applies.
+SIZE_PARAMS = {"w", "h", "resize", "dpr"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,8 @@ class MetaKey:
 class Target:
     """The parts of an HTTP request the flow needs."""
 
-    key: str  # a path under the primary source, or an absolute URL
-    remote: bool  # `key` is a URL given with ?url=
+    key: str  # a path under the primary source ("" for ?url=, which the service reads after the signature)
+    remote: bool  # GET /img?url=...
     query: Sequence[tuple[str, str]]
     raw_path: bytes  # as sent, for the signature
     raw_query: bytes
@@ -131,20 +142,22 @@ class ImageService:
     async def prepare(self, target: Target) -> Request:
         """Everything known before a pixel is read: bad input and bad signatures fail here, cheaply."""
         signed = signing.verify(target.raw_path, target.raw_query, self._keys)
-        control, items = _split_control(target.query)
+        control, own = _split_control(target.query)
         signing.check_expiry(control.get("expires"), time.time())
-        items = expand_preset(items, control.get("preset"), self.settings.presets, self.settings.security.presets_only)
+        items = expand_preset(own, control.get("preset"), self.settings.presets, self.settings.security.presets_only)
         requested = parse_options(items, self.limits)
         options = apply_dpr(requested, self.limits)
-        if not signed:  # signed URLs were issued by the operator: they get exactly what they ask for
-            options = apply_ladder(options, requested, self.settings.limits.ladder_widths, self.settings.limits.ladder)
+        # Signed URLs and presets come from the operator: they get exactly the size they name.
+        if not signed and any(canonical(name) in SIZE_PARAMS for name, _ in own):
+            limits = self.settings.limits
+            options = apply_ladder(options, requested, limits.ladder_widths, limits.ladder)
         negotiated = options.format is Format.AUTO
         fmt = output_format(options.format, negotiate(target.accept, self.settings.formats.avif))
         save_data = target.save_data and options.quality is None and fmt is not Format.BLURHASH
-        source = await self._locate(target)
+        source = await self._locate(target, control)
         key = RenderKey(source.identity, source.version, options, fmt, negotiated, save_data, self._fingerprint)
         vary = ("Accept",) * negotiated + ("Save-Data",) * (options.quality is None and fmt is not Format.BLURHASH)
-        return Request(key=key, source=source, vary=vary, bare=not items and "preset" not in control)
+        return Request(key=key, source=source, vary=vary, bare=not own and "preset" not in control)
 
     async def prepare_meta(self, target: Target) -> Request:
         """`/meta`: the same signature rules and sources as images; no options."""
@@ -153,7 +166,7 @@ class ImageService:
         signing.check_expiry(control.get("expires"), time.time())
         if items or "preset" in control:
             raise BadParameter((items[0][0] if items else "preset"), "/meta takes no options")
-        source = await self._locate(target)
+        source = await self._locate(target, control)
         return Request(key=MetaKey(source.identity, source.version), source=source)
 
     async def get(self, request: Request) -> Result:
@@ -212,14 +225,23 @@ class ImageService:
 
     # --- sources ---
 
-    async def _locate(self, target: Target) -> Located:
+    async def _locate(self, target: Target, control: dict[str, str]) -> Located:
         if not target.remote:
+            if "url" in control:
+                raise BadParameter("url", "only GET /img?url=... takes a URL")
             return await self.source.locate(check_key(target.key))
         if self.url_source is None:
             raise Forbidden("remote URLs are disabled on this server")
-        if not target.key.lower().startswith(("http://", "https://")):
+        url = control.get("url")
+        if url is None:
+            raise BadParameter("url", "an absolute http:// or https:// URL is required")
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise BadParameter("url", "is not a valid URL") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
             raise BadParameter("url", "must be an absolute http:// or https:// URL")
-        return await self.url_source.locate(target.key)
+        return await self.url_source.locate(url)
 
     def _fetcher(self, patterns: list[str]) -> HttpFetcher:
         src = self.settings.source

@@ -8,6 +8,7 @@ them itself: a misspelt variable must stop start-up, not be ignored while the de
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +135,11 @@ class HttpSettings(Group):
     passthrough: bool = Field(False, description="serve untouched originals when a request has no options")
 
 
-_PLACEHOLDER_KEYS = {"secret", "changeme", "change-me", "password", "key", "example", "xxx", "test", "default"}
+# Keys made only of these words (in any case, with any punctuation) are templates, not secrets.
+_PLACEHOLDER = re.compile(
+    r"(secret|change|me|password|passwd|key|signing|example|x|test|default|your|here|placeholder|random|string"
+    r"|of|at|least|characters|chars|16|32|todo|fixme|insert|replace|with|a)+"
+)
 
 
 class SecuritySettings(Group):
@@ -146,7 +151,9 @@ class SecuritySettings(Group):
     def _real_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
         for key in keys:
             value = key.get_secret_value()
-            if len(value) < 16 or value.lower().strip("-_ ") in _PLACEHOLDER_KEYS or len(set(value)) < 4:
+            letters = re.sub(r"[^a-z0-9]", "", value.lower())
+            templated = "<" in value or ">" in value or "{" in value
+            if len(value) < 16 or len(set(value)) < 6 or templated or _PLACEHOLDER.fullmatch(letters):
                 raise ValueError("a signing key must be a random string of at least 16 characters, not a placeholder")
         return keys
 

@@ -112,7 +112,7 @@ class HttpFetcher:
             raise OriginTimeout(f"the origin did not answer within {self.timeout:g} s") from None
         except httpx.TimeoutException:
             raise OriginTimeout("the origin did not answer in time") from None
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.InvalidURL):  # InvalidURL: from a redirect's Location
             raise OriginUnreachable("the origin could not be reached") from None
 
     async def _follow(self, url: str, validators: Validators | None) -> Fetched:
