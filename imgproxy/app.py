@@ -11,9 +11,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 
-from imgproxy import __version__
+from imgproxy import __version__, logs
 from imgproxy.errors import BadParameter, ImageProxyError
-from imgproxy.responses import NoSniffMiddleware, ProblemResponse, problem
+from imgproxy.metrics import Metrics
+from imgproxy.middleware import ObservabilityMiddleware
+from imgproxy.responses import ProblemResponse, problem
 from imgproxy.routes import build_router
 from imgproxy.service import ImageService
 from imgproxy.settings import Settings, load_settings
@@ -21,7 +23,9 @@ from imgproxy.settings import Settings, load_settings
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
-    service = ImageService(settings)
+    logs.configure(settings.log.level, settings.log.format)
+    metrics = Metrics()
+    service = ImageService(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     router = build_router(service)
     app.include_router(router)
-    app.add_middleware(NoSniffMiddleware)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
     @app.exception_handler(ImageProxyError)
     async def image_proxy_error(request: Request, exc: ImageProxyError) -> Response:
@@ -60,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        # Runs in the outermost middleware, outside NoSniffMiddleware: set the header here too.
+        # Runs in the outermost middleware, outside ObservabilityMiddleware: set the header here too.
+        logs.ERRORS.error("unhandled error on %s", request.url.path, exc_info=exc)
         body = {"type": "about:blank", "title": "Internal Server Error", "status": 500, "detail": "unexpected error"}
         headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
         return ProblemResponse(body, status_code=500, headers=headers)

@@ -24,9 +24,12 @@ V = TypeVar("V")
 
 class _CountingLRU(LRUCache[Hashable, V]):
     evictions = 0
+    on_evict: Callable[[], object] | None = None
 
     def popitem(self) -> tuple[Hashable, V]:
         self.evictions += 1
+        if self.on_evict is not None:
+            self.on_evict()
         return super().popitem()
 
 
@@ -37,8 +40,11 @@ class ByteLRU(Generic[V]):
     loop before it is stored), so it needs no lock: asyncio never interleaves the get/put below.
     """
 
-    def __init__(self, max_bytes: int, size_of: Callable[[V], int]) -> None:
+    def __init__(
+        self, max_bytes: int, size_of: Callable[[V], int], on_evict: Callable[[], object] | None = None
+    ) -> None:
         self._lru: _CountingLRU[V] = _CountingLRU(maxsize=max_bytes, getsizeof=size_of)
+        self._lru.on_evict = on_evict
         self._size_of = size_of
         self.hits = 0
         self.misses = 0
@@ -68,8 +74,8 @@ class ByteLRU(Generic[V]):
         return len(self._lru)
 
 
-def result_cache(max_bytes: int) -> ByteLRU[CachedImage]:
-    return ByteLRU(max_bytes, lambda entry: len(entry.content))
+def result_cache(max_bytes: int, on_evict: Callable[[], object] | None = None) -> ByteLRU[CachedImage]:
+    return ByteLRU(max_bytes, lambda entry: len(entry.content), on_evict)
 
 
 T = TypeVar("T")
@@ -78,14 +84,17 @@ T = TypeVar("T")
 class Coalescer(Generic[T]):
     """Run one computation per key at a time; callers that arrive meanwhile await the same result."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_join: Callable[[], object] | None = None) -> None:
         self._inflight: dict[Hashable, asyncio.Future[T]] = {}
         self.coalesced = 0
+        self._on_join = on_join
 
     async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
         future = self._inflight.get(key)
         if future is not None:
             self.coalesced += 1
+            if self._on_join is not None:
+                self._on_join()
             return await asyncio.shield(future)
         task: asyncio.Future[T] = asyncio.ensure_future(compute())
         self._inflight[key] = task

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
+from imgproxy.metrics import MULTIPROC_ENV
 from imgproxy.settings import Settings, UnknownSettingError, load_settings
 from imgproxy.signing import sign
 
@@ -29,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         settings = load_settings()  # fail here, with one clear line, rather than inside every worker process
-    except (UnknownSettingError, ValidationError) as exc:
+    except (UnknownSettingError, ValidationError, SettingsError) as exc:
         print(f"imgproxy: invalid configuration: {exc}", file=sys.stderr)
         return 2
     if args.command == "sign":
@@ -50,6 +54,9 @@ def _sign(settings: Settings, target: str, expires_in: int | None, base: str) ->
 
 
 def _serve(host: str, port: int, workers: int) -> int:
+    if workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Each worker process writes its metrics here; /metrics merges them, whichever worker answers.
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="imgproxy-metrics-")
     uvicorn.run(
         "imgproxy.app:create_app",
         factory=True,

@@ -18,8 +18,11 @@ T = TypeVar("T")
 
 
 class WorkLimiter:
-    def __init__(self, workers: int, max_queue: int, timeout: float) -> None:
+    def __init__(
+        self, workers: int, max_queue: int, timeout: float, observe: Callable[[int, int], object] | None = None
+    ) -> None:
         self.workers = workers
+        self._observe = observe
         self.max_queue = max_queue
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
@@ -39,6 +42,7 @@ class WorkLimiter:
         if self._pending >= self.workers + self.max_queue:
             raise Overloaded("too many images are being rendered; retry shortly")
         self._pending += 1
+        self._report()
         submitted = time.perf_counter()
 
         def timed() -> tuple[T, dict[str, float]]:
@@ -54,8 +58,13 @@ class WorkLimiter:
             # The thread cannot be stopped; the decode budgets checked before it started bound its cost.
             raise RenderTimeout(f"the render took longer than {self.timeout:g} s") from None
 
+    def _report(self) -> None:
+        if self._observe is not None:
+            self._observe(self.running, self.queued)
+
     def _release(self, future: asyncio.Future[tuple[T, dict[str, float]]]) -> None:
         self._pending -= 1
+        self._report()
         if not future.cancelled():
             future.exception()  # retrieved here, so an error after a timeout is not reported as lost
 

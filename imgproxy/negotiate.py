@@ -6,9 +6,12 @@ The bucket (not the raw header) goes into the cache key and the ETag, so the tho
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from imgproxy.options import Format
+
+_QVALUE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?", re.ASCII)
 
 
 class Bucket(StrEnum):
@@ -29,10 +32,9 @@ def accepted_types(accept: str) -> dict[str, float]:
         for param in params.split(";"):
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
-                try:
-                    q = min(max(float(value.strip()), 0.0), 1.0)
-                except ValueError:
-                    q = 0.0  # a malformed weight does not count as acceptance
+                value = value.strip()
+                # RFC 9110 qvalue syntax only: "inf", "1e0" or "nan" are malformed and do not count.
+                q = float(value) if _QVALUE.fullmatch(value) else 0.0
         types[media] = max(q, types.get(media, 0.0))
     return types
 

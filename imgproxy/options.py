@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum, StrEnum
+from fractions import Fraction
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -613,13 +614,14 @@ def apply_dpr(options: Options, limits: Limits) -> Options:
     """Fold `dpr` into the size; a size pushed over the limits is scaled down, keeping its aspect ratio."""
     if options.dpr == 1.0:
         return options
-    w = options.width * options.dpr if options.width else None
-    h = options.height * options.dpr if options.height else None
-    shrink = min(1.0, limits.max_width / w if w else 1.0, limits.max_height / h if h else 1.0)
+    dpr = Fraction(str(options.dpr))  # the decimal as written (2.3), not its binary float approximation
+    w = options.width * dpr if options.width else None
+    h = options.height * dpr if options.height else None
+    shrink = min(Fraction(1), Fraction(limits.max_width) / w if w else 1, Fraction(limits.max_height) / h if h else 1)
     return replace(
         options,
-        width=max(1, math.floor(w * shrink + 0.5)) if w else None,
-        height=max(1, math.floor(h * shrink + 0.5)) if h else None,
+        width=max(1, math.floor(w * shrink + Fraction(1, 2))) if w else None,
+        height=max(1, math.floor(h * shrink + Fraction(1, 2))) if h else None,
         dpr=1.0,
     )
 

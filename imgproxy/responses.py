@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
@@ -53,22 +52,3 @@ def image_response(content: bytes, media_type: str, headers: dict[str, str], hea
 
 def server_timing(timings: Mapping[str, float]) -> str:
     return ", ".join(f"{name};dur={value:.1f}" for name, value in timings.items())
-
-
-class NoSniffMiddleware:
-    """`X-Content-Type-Options: nosniff` on every response, errors and 404s from the router included."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)

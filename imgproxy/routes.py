@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from starlette.responses import FileResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from imgproxy.errors import UnsupportedImage
 from imgproxy.openapi import ImageFacts, image_responses, meta_responses, query_parameters, url_parameter
@@ -101,7 +102,9 @@ def build_router(service: ImageService) -> APIRouter:
             return not_modified(headers)
         result = await service.get(prepared)
         headers.update(result.image.headers)
-        headers["X-Cache"] = "HIT" if result.hit else "MISS"
+        headers["X-Cache"] = "MISS" if result.tier is None else "HIT"
+        if result.tier is not None:
+            headers["X-Cache-Tier"] = result.tier
         if result.timings:
             headers["Server-Timing"] = server_timing(result.timings)
         return image_response(result.image.content, result.image.media_type, headers, request.method == "HEAD")
@@ -124,9 +127,30 @@ def build_router(service: ImageService) -> APIRouter:
         # FileResponse streams from disk and answers Range requests itself.
         return FileResponse(source.path, media_type=media_type, headers=headers, stat_result=source.path.stat())
 
-    @get_and_head(router, "/healthz", summary="Liveness")
+    @get_and_head(router, "/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @get_and_head(
+        router,
+        "/readyz",
+        summary="Readiness: sources reachable where checkable, and not saturated",
+        responses={503: {"description": "Not ready: a check failed (the body says which)."}},
+    )
+    async def readyz() -> Response:
+        checks = await service.readiness()
+        ready = all(check["ok"] for check in checks.values())
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    )
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
     return router
 

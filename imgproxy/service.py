@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,8 +19,9 @@ from PIL import Image
 
 from imgproxy import signing
 from imgproxy.cache import CachedImage, Coalescer, result_cache
-from imgproxy.errors import BadParameter, Forbidden
+from imgproxy.errors import BadParameter, Forbidden, Overloaded, RenderTimeout
 from imgproxy.limiter import WorkLimiter
+from imgproxy.metrics import Metrics
 from imgproxy.negotiate import negotiate, output_format
 from imgproxy.options import (
     Format,
@@ -38,6 +40,7 @@ from imgproxy.pipeline.meta import describe
 from imgproxy.pipeline.render import RenderContext, render
 from imgproxy.responses import etag_of
 from imgproxy.settings import Settings
+from imgproxy.shared_cache import SharedCache
 from imgproxy.sources.address import host_allowed
 from imgproxy.sources.base import Located, Source, check_key
 from imgproxy.sources.http import HttpFetcher, new_client
@@ -101,17 +104,20 @@ class Request:
 @dataclass(frozen=True)
 class Result:
     image: CachedImage
-    hit: bool
+    tier: str | None  # where it was found: "local", "redis", or None when rendered now
     timings: dict[str, float]
 
 
 class ImageService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics = metrics or Metrics()
         self.limits = Limits(settings.limits.max_width, settings.limits.max_height, settings.formats.avif)
-        self.cache = result_cache(settings.cache.max_bytes)
-        self.renders: Coalescer[tuple[CachedImage, dict[str, float]]] = Coalescer()
-        self.limiter = WorkLimiter(settings.limits.workers, settings.limits.queue, settings.limits.render_timeout)
+        self.cache = result_cache(settings.cache.max_bytes, on_evict=metrics.cache.labels("local", "eviction").inc)
+        self.shared = self._shared_cache()
+        self.renders: Coalescer[tuple[CachedImage, str | None, dict[str, float]]] = Coalescer(metrics.coalesced.inc)
+        limits = settings.limits
+        self.limiter = WorkLimiter(limits.workers, limits.queue, limits.render_timeout, observe=metrics.observe_work)
         self._fingerprint = settings.output_fingerprint()
         self._keys = settings.security.keys
         heic = heif.enable()
@@ -130,12 +136,33 @@ class ImageService:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        if self.shared is not None:
+            await self.shared.aclose()
         self.limiter.shutdown()
 
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = new_client()  # used outside a lifespan (tests driving the ASGI app directly)
         return self._client
+
+    async def readiness(self) -> dict[str, dict[str, object]]:
+        """What /readyz reports. A Redis outage is reported but does not make the replica unready:
+        requests degrade to the local cache and still succeed."""
+        checks: dict[str, dict[str, object]] = {"settings": {"ok": True}}
+        if isinstance(self.source, LocalSource):
+            root = self.source.root
+            checks["source"] = {"ok": root.is_dir() and os.access(root, os.R_OK | os.X_OK), "kind": "local"}
+        else:
+            checks["source"] = {"ok": True, "kind": "remote", "checked": False}
+        limiter = self.limiter
+        checks["capacity"] = {  # ready while a new render would still be accepted
+            "ok": limiter.running + limiter.queued < limiter.workers + limiter.max_queue,
+            "running": self.limiter.running,
+            "queued": self.limiter.queued,
+        }
+        if self.shared is not None:
+            checks["redis"] = {"ok": True, "reachable": await self.shared.ping()}
+        return checks
 
     # --- the flow ---
 
@@ -170,18 +197,52 @@ class ImageService:
         return Request(key=MetaKey(source.identity, source.version), source=source)
 
     async def get(self, request: Request) -> Result:
+        """Local cache, then (one caller per key) the shared tier, then a render written to both."""
         cached = self.cache.get(request.key)
         if cached is not None:
-            return Result(cached, hit=True, timings={})
-        image, timings = await self.renders.run(request.key, lambda: self._render(request))
-        return Result(image, hit=False, timings=timings)
+            self.metrics.cache.labels("local", "hit").inc()
+            return Result(cached, tier="local", timings={})
+        self.metrics.cache.labels("local", "miss").inc()
+        image, tier, timings = await self.renders.run(request.key, lambda: self._find_or_render(request))
+        return Result(image, tier=tier, timings=timings)
 
-    async def _render(self, request: Request) -> tuple[CachedImage, dict[str, float]]:
+    async def _find_or_render(self, request: Request) -> tuple[CachedImage, str | None, dict[str, float]]:
         key = request.key
+        if self.shared is not None:
+            found = await self.shared.get(key.etag)
+            if found is not None:
+                self._store_local(key, found)
+                return found, "redis", {}
         work = functools.partial(self._describe if isinstance(key, MetaKey) else self._transform, request)
-        image, timings = await self.limiter.run(work)
-        self.cache.put(key, image)  # only reached on success: errors are never cached
-        return image, timings
+        try:
+            image, timings = await self.limiter.run(work)
+        except Overloaded:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise
+        except RenderTimeout:
+            self.metrics.rejected.labels("render_timeout").inc()
+            raise
+        self.metrics.observe_stages(timings)
+        self._store_local(key, image)  # only reached on success: errors are never cached
+        if self.shared is not None:
+            await self.shared.put(key.etag, image)
+        return image, None, timings
+
+    def _store_local(self, key: RenderKey | MetaKey, image: CachedImage) -> None:
+        self.cache.put(key, image)
+        self.metrics.cache_bytes.labels("local").set(self.cache.bytes_held)
+
+    def _shared_cache(self) -> SharedCache | None:
+        cache = self.settings.cache
+        if cache.redis_url is None:
+            return None
+        return SharedCache(
+            cache.redis_url,
+            namespace=cache.redis_namespace,
+            ttl=cache.redis_ttl,
+            max_value_bytes=cache.redis_max_value_bytes,
+            on_event=lambda event: self.metrics.cache.labels("redis", event).inc(),
+        )
 
     # --- the work itself, in a pool thread ---
 
@@ -256,7 +317,14 @@ class ImageService:
 
     def _remote(self, scheme: str, fetch: Fetch) -> RemoteSource:
         src = self.settings.source
-        return RemoteSource(scheme, fetch, src.cache_bytes, (src.cache_min_ttl, src.cache_max_ttl))
+        return RemoteSource(
+            scheme, fetch, src.cache_bytes, (src.cache_min_ttl, src.cache_max_ttl), on_fetch=self._observe_fetch
+        )
+
+    def _observe_fetch(self, seconds: float, error: str | None) -> None:
+        self.metrics.stage.labels("fetch").observe(seconds)
+        if error is not None:
+            self.metrics.fetch_errors.labels(error).inc()
 
     def _primary_source(self) -> Source:
         src = self.settings.source

@@ -82,6 +82,17 @@ class SourceSettings(Group):
 
 class CacheSettings(Group):
     max_bytes: int = Field(256 * MIB, ge=0, description="result cache budget in bytes (0 disables it)")
+    redis_url: str | None = Field(None, description="redis://host:6379/0 enables the shared result tier")
+    redis_ttl: int = Field(7 * 86400, ge=1, description="seconds a result stays in Redis")
+    redis_max_value_bytes: int = Field(8 * MIB, ge=1, description="larger results are not stored in Redis")
+    redis_namespace: str = Field("imgproxy", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
 
 class LimitsSettings(Group):
@@ -124,6 +135,11 @@ class FormatSettings(Group):
 
 class WatermarkSettings(Group):
     path: str | None = Field(None, description="watermark image for wm=1, relative to the local root")
+
+
+class LogSettings(Group):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="info logs every request")
+    format: Literal["json", "text"] = Field("json", description="json: one object per line")
 
 
 class HttpSettings(Group):
@@ -169,7 +185,9 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=NESTED_DELIMITER,
         env_file=".env",
-        extra="forbid",
+        # A .env shared with other tools may hold their keys: ignore those here. Misspelt IMGPROXY_*
+        # names are refused by check_unknown_keys, and the groups themselves forbid unknown fields.
+        extra="ignore",
         frozen=True,
     )
 
@@ -180,6 +198,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     security: SecuritySettings = SecuritySettings()
     watermark: WatermarkSettings = WatermarkSettings()
+    log: LogSettings = LogSettings()
     presets: dict[str, str] = Field({}, description='named option sets: {"thumb": "w=200&h=200&fit=cover"}')
 
     @model_validator(mode="after")

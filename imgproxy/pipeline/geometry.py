@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from imgproxy.errors import BadParameter
 from imgproxy.options import Fit, Gravity, Options, Rect
@@ -48,8 +49,8 @@ class Geometry:
         return (self.size[0] / (right - left), self.size[1] / (bottom - top))
 
 
-def round_half_up(value: float) -> int:
-    return max(1, math.floor(value + 0.5))
+def round_half_up(value: float | Fraction) -> int:
+    return max(1, math.floor(value + Fraction(1, 2)))
 
 
 def plan(source: tuple[int, int], options: Options, max_size: tuple[int, int]) -> Geometry:
@@ -81,35 +82,34 @@ def _crop_region(source: tuple[int, int], crop: Rect | None) -> Box:
 
 
 def _fit_size(region: tuple[float, float], options: Options) -> tuple[int, int]:
-    rw, rh = region
+    # Exact rational arithmetic: a true half (61.5) must round up, which float division can miss.
+    rw, rh = Fraction(region[0]), Fraction(region[1])
     w, h = options.width, options.height
     if w is None and h is None:
         return (round_half_up(rw), round_half_up(rh))
-    if w is None or h is None:  # one side given: every fit scales uniformly
-        scale = w / rw if w is not None else h / rh  # type: ignore[operator]
-        if scale > 1 and not options.enlarge:
-            return (round_half_up(rw), round_half_up(rh))
-        return (w, round_half_up(rh * scale)) if w is not None else (round_half_up(rw * scale), h)  # type: ignore[return-value]
-    if options.fit is Fit.FILL:
+    if h is None or w is None:  # one side given: every fit scales uniformly
+        by_width = h is None
+    elif options.fit is Fit.FILL:
         return (w, h)
-    if options.fit is Fit.COVER:
-        return _cover_size(region, (w, h), options.enlarge)
-    by_width = w / rw <= h / rh  # True when the width constrains an `inside` fit
-    if options.fit is Fit.OUTSIDE:
-        by_width = not by_width
-    scale = w / rw if by_width else h / rh
+    elif options.fit is Fit.COVER:
+        return _cover_size((rw, rh), (w, h), options.enlarge)
+    else:
+        by_width = w / rw <= h / rh  # True when the width constrains an `inside` fit
+        if options.fit is Fit.OUTSIDE:
+            by_width = not by_width
+    scale = w / rw if by_width else h / rh  # type: ignore[operator]
     if scale > 1 and not options.enlarge:
         return (round_half_up(rw), round_half_up(rh))
-    return (w, round_half_up(rh * scale)) if by_width else (round_half_up(rw * scale), h)
+    return (w, round_half_up(rh * scale)) if by_width else (round_half_up(rw * scale), h)  # type: ignore[return-value]
 
 
-def _cover_size(region: tuple[float, float], target: tuple[int, int], enlarge: bool) -> tuple[int, int]:
+def _cover_size(region: tuple[Fraction, Fraction], target: tuple[int, int], enlarge: bool) -> tuple[int, int]:
     """Exactly the target, or without `enlarge` the largest crop of its aspect ratio the region holds."""
     rw, rh = region
     w, h = target
     if enlarge or (w <= rw and h <= rh):
         return target
-    if rw / rh > w / h:  # region wider than the target: full height
+    if rw / rh > Fraction(w, h):  # region wider than the target: full height
         return (min(round_half_up(rh * w / h), math.floor(rw)), round_half_up(rh))
     return (round_half_up(rw), min(round_half_up(rw * h / w), math.floor(rh)))
 
@@ -128,12 +128,13 @@ def _cover_box(region: Box, size: tuple[int, int], options: Options) -> Box:
     else:
         ax, ay = _ANCHORS.get(options.gravity, (0.5, 0.5))  # smart/face: centred until attention moves it
         x, y = (rw - cw) * ax, (rh - ch) * ay
-    return (left + x, top + y, left + x + cw, top + y + ch)
+    # Clamped to the region: float steps must not push the box a hair outside it.
+    return (max(left, left + x), max(top, top + y), min(right, left + x + cw), min(bottom, top + y + ch))
 
 
 def _within(size: tuple[int, int], max_size: tuple[int, int]) -> tuple[int, int]:
     """Scale an over-limit size down to the limits, keeping its aspect ratio."""
-    shrink = min(1.0, max_size[0] / size[0], max_size[1] / size[1])
-    if shrink == 1.0:
+    shrink = min(Fraction(1), Fraction(max_size[0], size[0]), Fraction(max_size[1], size[1]))
+    if shrink == 1:
         return size
     return (min(round_half_up(size[0] * shrink), max_size[0]), min(round_half_up(size[1] * shrink), max_size[1]))

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from imgproxy.cache import ByteLRU, Coalescer
+from imgproxy.errors import ImageProxyError
 from imgproxy.sources.base import Located
 from imgproxy.sources.http import Fetched, NotModified, Validators
 
@@ -34,8 +35,11 @@ class RemoteSource:
         fetch: Fetch,
         cache_bytes: int,
         ttl_bounds: tuple[int, int],
+        *,
         clock: Callable[[], float] = time.monotonic,
+        on_fetch: Callable[[float, str | None], object] | None = None,
     ) -> None:
+        self._on_fetch = on_fetch
         self.scheme = scheme
         self._fetch = fetch
         self.cache: ByteLRU[Original] = ByteLRU(cache_bytes, lambda original: len(original.data))
@@ -53,17 +57,27 @@ class RemoteSource:
 
     async def _refresh(self, key: str, stale: Original | None) -> Original:
         self.fetch_count += 1
+        started = time.perf_counter()
         try:
             fetched = await self._fetch(key, stale.validators if stale else None)
+        except ImageProxyError as failed:
+            self._report(started, failed.slug)
+            raise
         except NotModified as confirmed:
+            self._report(started, None)
             if stale is None:
                 raise
             fresh = replace(stale, expires_at=self._expiry(confirmed.max_age))
         else:
+            self._report(started, None)
             version = hashlib.blake2b(fetched.data, digest_size=12).hexdigest()
             fresh = Original(fetched.data, version, fetched.validators, self._expiry(fetched.max_age))
         self.cache.put(key, fresh)
         return fresh
+
+    def _report(self, started: float, error: str | None) -> None:
+        if self._on_fetch is not None:
+            self._on_fetch(time.perf_counter() - started, error)
 
     def _expiry(self, max_age: int | None) -> float:
         low, high = self._ttl_bounds
