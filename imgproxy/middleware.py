@@ -44,7 +44,7 @@ class ObservabilityMiddleware:
             self._record(scope, seen, time.perf_counter() - started)
 
     def _record(self, scope: Any, seen: dict[str, Any], elapsed: float) -> None:
-        route = getattr(scope.get("route"), "path", "unmatched")
+        route = getattr(scope.get("route"), "path_format", "unmatched")  # "/img/{path}"
         status = seen["status"]
         headers = seen["headers"]
         self.metrics.requests.labels(route, scope["method"], str(status)).inc()

@@ -82,6 +82,58 @@ class ImageFacts(BaseModel):
     lqip: str = Field(description="a tiny WebP as a data: URI")
 
 
+class SrcsetCandidate(BaseModel):
+    url: str
+    width: int = Field(description="device pixels")
+    descriptor: str = Field(description="`640w` (fluid) or `2x` (fixed)")
+
+
+class SrcsetAnswer(BaseModel):
+    """What `/srcset` answers."""
+
+    intrinsic: dict[str, int] = Field(description="the source's width and height after orientation")
+    aspect_ratio: str = Field(description="reduced, e.g. 451/300")
+    candidates: list[SrcsetCandidate]
+    src: str
+    srcset: str
+    sizes: str | None
+    width: int
+    height: int
+    html: dict[str, str] = Field(description="`img` and `picture` snippets with width and height set")
+
+
+def srcset_parameters(limits: Limits, settings: Settings) -> list[dict[str, Any]]:
+    own = [
+        {
+            "name": "w",
+            "in": "query",
+            "required": False,
+            "description": "Fixed CSS width: answers 1x, 2x, 3x candidates with lower quality as density rises. "
+            "Without it, the answer is a fluid ladder with `w` descriptors.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": limits.max_width // 3},
+        },
+        {
+            "name": "widths",
+            "in": "query",
+            "required": False,
+            "description": "Fluid candidate widths (comma-separated), snapped onto the cache ladder; "
+            "default from IMGPROXY_SRCSET__WIDTHS.",
+            "schema": {"type": "string", "pattern": "^[0-9]+(,[0-9]+){0,31}$"},
+        },
+        {
+            "name": "sizes",
+            "in": "query",
+            "required": False,
+            "description": "The `sizes` attribute for fluid images (default `100vw`).",
+            "schema": {"type": "string"},
+        },
+        {"name": "alt", "in": "query", "required": False, "description": "Alt text.", "schema": {"type": "string"}},
+    ]
+    passed_on = [p for p in query_parameters(limits, settings) if p["name"] not in ("w", "dpr", "resize", "s")]
+    signature = [p for p in query_parameters(limits, settings) if p["name"] == "s"]
+    return own + passed_on + signature
+
+
 def meta_responses() -> dict[int | str, dict[str, Any]]:
     return {
         304: {"description": "Not modified: `If-None-Match` matched the ETag."},

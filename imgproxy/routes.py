@@ -10,13 +10,23 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from imgproxy.errors import UnsupportedImage
-from imgproxy.openapi import ImageFacts, image_responses, meta_responses, query_parameters, url_parameter
+from imgproxy.hints import ACCEPT_CH, DPR_HINTS, WIDTH_HINTS
+from imgproxy.openapi import (
+    ImageFacts,
+    SrcsetAnswer,
+    image_responses,
+    meta_responses,
+    query_parameters,
+    srcset_parameters,
+    url_parameter,
+)
 from imgproxy.responses import etag_of, image_response, is_not_modified, not_modified, server_timing
 from imgproxy.service import ImageService, Target
 from imgproxy.service import Request as PreparedRequest
 from imgproxy.sniff import SNIFF_BYTES, sniff_media_type
 from imgproxy.sources.base import Located
 
+HINT_HEADERS = frozenset(name.lower() for name in (*WIDTH_HINTS, *DPR_HINTS))
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 
@@ -38,6 +48,7 @@ def build_router(service: ImageService) -> APIRouter:
     cache_control = settings.http.cache_control
     responses = image_responses(service.limits, signed=bool(settings.security.signing_keys))
     parameters = query_parameters(service.limits, settings)
+    responder = Responder(service)
 
     @get_and_head(
         router,
@@ -73,7 +84,7 @@ def build_router(service: ImageService) -> APIRouter:
     )
     async def meta(path: str, request: Request) -> Response:
         """Dimensions, format, colour and placeholders (BlurHash, LQIP) of the image at `path`."""
-        return await respond(request, await service.prepare_meta(target_of(request, path, remote=False)))
+        return await responder.respond(request, await service.prepare_meta(target_of(request, path, remote=False)))
 
     @get_and_head(
         router,
@@ -86,47 +97,34 @@ def build_router(service: ImageService) -> APIRouter:
     )
     async def remote_meta(request: Request) -> Response:
         """Like `/meta/{path}`, for an absolute `url` whose host is on the allow-list."""
-        return await respond(request, await service.prepare_meta(target_of(request, "", remote=True)))
+        return await responder.respond(request, await service.prepare_meta(target_of(request, "", remote=True)))
+
+    @get_and_head(
+        router,
+        "/srcset/{path:path}",
+        responses=meta_responses(),
+        response_model=SrcsetAnswer,
+        openapi_extra={"parameters": srcset_parameters(service.limits, settings)},
+        summary="Responsive image candidates and markup for an image",
+    )
+    async def srcset(path: str, request: Request) -> Response:
+        """A `srcset` ladder (fluid, `w` descriptors) or `1x/2x/3x` candidates for a fixed CSS width `w`,
+        with the intrinsic size and ready `<img>`/`<picture>` snippets. URLs are signed when the server has
+        keys (and then this request must be signed too)."""
+        answer = await service.srcset(target_of(request, path, remote=False))
+        return JSONResponse(answer, headers={"Cache-Control": cache_control})
 
     async def serve(request: Request, key: str, remote: bool) -> Response:
         prepared = await service.prepare(target_of(request, key, remote))
         if settings.http.passthrough and prepared.bare:
-            return original(prepared.source, request)
-        return await respond(request, prepared)
+            return responder.original(prepared.source, request)
+        return await responder.respond(request, prepared)
 
-    async def respond(request: Request, prepared: PreparedRequest) -> Response:
-        headers = {"ETag": prepared.key.etag, "Cache-Control": cache_control}
-        if prepared.vary:
-            headers["Vary"] = ", ".join(prepared.vary)
-        if is_not_modified(request.headers.get("if-none-match"), prepared.key.etag):
-            return not_modified(headers)
-        result = await service.get(prepared)
-        headers.update(result.image.headers)
-        headers["X-Cache"] = "MISS" if result.tier is None else "HIT"
-        if result.tier is not None:
-            headers["X-Cache-Tier"] = result.tier
-        if result.timings:
-            headers["Server-Timing"] = server_timing(result.timings)
-        return image_response(result.image.content, result.image.media_type, headers, request.method == "HEAD")
+    add_operations_routes(router, service)
+    return router
 
-    def original(source: Located, request: Request) -> Response:
-        """The untouched original; its type is sniffed from its bytes, never guessed from its name."""
-        headers = {"ETag": etag_of(f"original:{source.identity}:{source.version}"), "Cache-Control": cache_control}
-        if is_not_modified(request.headers.get("if-none-match"), headers["ETag"]):
-            return not_modified(headers)
-        if source.path is None:  # a fetched original, already in memory
-            data = source.read()
-            media_type = sniff_media_type(data[:SNIFF_BYTES])
-            if media_type is None:
-                raise UnsupportedImage("the source is not an image in a supported format")
-            return image_response(data, media_type, headers, request.method == "HEAD")
-        with open(source.path, "rb") as handle:
-            media_type = sniff_media_type(handle.read(SNIFF_BYTES))
-        if media_type is None:
-            raise UnsupportedImage("the source is not an image in a supported format")
-        # FileResponse streams from disk and answers Range requests itself.
-        return FileResponse(source.path, media_type=media_type, headers=headers, stat_result=source.path.stat())
 
+def add_operations_routes(router: APIRouter, service: ImageService) -> None:
     @get_and_head(router, "/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -152,7 +150,50 @@ def build_router(service: ImageService) -> APIRouter:
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
-    return router
+
+class Responder:
+    """Shapes a prepared request into a response: 304, cached or rendered bytes, or the original file."""
+
+    def __init__(self, service: ImageService) -> None:
+        self.service = service
+        self.cache_control = service.settings.http.cache_control
+        self.client_hints = service.settings.http.client_hints
+
+    async def respond(self, request: Request, prepared: PreparedRequest) -> Response:
+        headers = {"ETag": prepared.key.etag, "Cache-Control": self.cache_control}
+        if self.client_hints:
+            headers["Accept-CH"] = ACCEPT_CH
+        if prepared.vary:
+            headers["Vary"] = ", ".join(prepared.vary)
+        if is_not_modified(request.headers.get("if-none-match"), prepared.key.etag):
+            return not_modified(headers)
+        result = await self.service.get(prepared)
+        headers.update(result.image.headers)
+        headers["X-Cache"] = "MISS" if result.tier is None else "HIT"
+        if result.tier is not None:
+            headers["X-Cache-Tier"] = result.tier
+        if result.timings:
+            headers["Server-Timing"] = server_timing(result.timings)
+        return image_response(result.image.content, result.image.media_type, headers, request.method == "HEAD")
+
+    def original(self, source: Located, request: Request) -> Response:
+        """The untouched original; its type is sniffed from its bytes, never guessed from its name."""
+        etag = etag_of(f"original:{source.identity}:{source.version}")
+        headers = {"ETag": etag, "Cache-Control": self.cache_control}
+        if is_not_modified(request.headers.get("if-none-match"), etag):
+            return not_modified(headers)
+        if source.path is None:  # a fetched original, already in memory
+            data = source.read()
+            media_type = sniff_media_type(data[:SNIFF_BYTES])
+            if media_type is None:
+                raise UnsupportedImage("the source is not an image in a supported format")
+            return image_response(data, media_type, headers, request.method == "HEAD")
+        with open(source.path, "rb") as handle:
+            media_type = sniff_media_type(handle.read(SNIFF_BYTES))
+        if media_type is None:
+            raise UnsupportedImage("the source is not an image in a supported format")
+        # FileResponse streams from disk and answers Range requests itself.
+        return FileResponse(source.path, media_type=media_type, headers=headers, stat_result=source.path.stat())
 
 
 def target_of(request: Request, key: str, remote: bool) -> Target:
@@ -164,4 +205,5 @@ def target_of(request: Request, key: str, remote: bool) -> Target:
         raw_query=request.scope.get("query_string", b""),
         accept=request.headers.get("accept"),
         save_data=request.headers.get("save-data", "").strip().lower() == "on",
+        hints={name: value for name, value in request.headers.items() if name in HINT_HEADERS},
     )

@@ -10,15 +10,17 @@ import functools
 import json
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 from PIL import Image
 
-from imgproxy import signing
+from imgproxy import hints, signing, srcset
 from imgproxy.cache import CachedImage, Coalescer, result_cache
+from imgproxy.client import ImageUrls
 from imgproxy.errors import BadParameter, Forbidden, Overloaded, RenderTimeout
 from imgproxy.limiter import WorkLimiter
 from imgproxy.metrics import Metrics
@@ -49,6 +51,8 @@ from imgproxy.sources.remote import Fetch, RemoteSource
 
 # Parameters about the request itself rather than the image: never part of the transform options.
 CONTROL_PARAMS = ("s", "expires", "preset", "url")
+# `/srcset`'s own parameters; the others are image options passed on to every candidate.
+SRCSET_PARAMS = ("w", "widths", "sizes", "alt")
 # Parameters that set the output size: when a request sets one, the width ladder applies.
 SIZE_PARAMS = {"w", "h", "resize", "dpr"}
 
@@ -91,6 +95,7 @@ class Target:
     raw_query: bytes
     accept: str | None
     save_data: bool = False  # the client sent `Save-Data: on`
+    hints: Mapping[str, str] = field(default_factory=dict)  # client hint headers, lower-case names
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,10 @@ class ImageService:
         signed = signing.verify(target.raw_path, target.raw_query, self._keys)
         control, own = _split_control(target.query)
         signing.check_expiry(control.get("expires"), time.time())
+        hinted: tuple[str, ...] = ()
+        if self.settings.http.client_hints:
+            ladder, fallback = self.settings.limits.ladder_widths, self.settings.http.auto_width
+            own, hinted = hints.resolve(own, target.hints, ladder, fallback)
         items = expand_preset(own, control.get("preset"), self.settings.presets, self.settings.security.presets_only)
         requested = parse_options(items, self.limits)
         options = apply_dpr(requested, self.limits)
@@ -183,7 +192,11 @@ class ImageService:
         save_data = target.save_data and options.quality is None and fmt is not Format.BLURHASH
         source = await self._locate(target, control)
         key = RenderKey(source.identity, source.version, options, fmt, negotiated, save_data, self._fingerprint)
-        vary = ("Accept",) * negotiated + ("Save-Data",) * (options.quality is None and fmt is not Format.BLURHASH)
+        vary = (
+            ("Accept",) * negotiated
+            + ("Save-Data",) * (options.quality is None and fmt is not Format.BLURHASH)
+            + hinted
+        )
         return Request(key=key, source=source, vary=vary, bare=not own and "preset" not in control)
 
     async def prepare_meta(self, target: Target) -> Request:
@@ -195,6 +208,50 @@ class ImageService:
             raise BadParameter((items[0][0] if items else "preset"), "/meta takes no options")
         source = await self._locate(target, control)
         return Request(key=MetaKey(source.identity, source.version), source=source)
+
+    async def srcset(self, target: Target) -> dict[str, Any]:
+        """`/srcset`: candidate URLs (signed with the first key, when there are keys) and markup."""
+        signing.verify(target.raw_path, target.raw_query, self._keys)
+        control, own = _split_control(target.query)
+        signing.check_expiry(control.get("expires"), time.time())
+        extra = {name: value for name, value in own if name in SRCSET_PARAMS}
+        options = dict((name, value) for name, value in own if name not in SRCSET_PARAMS)
+        for name in options:
+            if canonical(name) in ("w", "dpr", "resize"):
+                raise BadParameter(name, "/srcset chooses the sizes: give w (fixed CSS width), widths or sizes")
+        parse_options(list(options.items()), self.limits)  # a bad option fails here, not in every candidate
+        fixed = _int_param(extra, "w", 1, self.limits.max_width // 3)
+        widths = self.settings.srcset.widths
+        if "widths" in extra:
+            parts = extra["widths"].split(",")
+            if len(parts) > 32 or not all(
+                p.isascii() and p.isdigit() and 1 <= int(p) <= self.limits.max_width for p in parts
+            ):
+                raise BadParameter(
+                    "widths", f"must be up to 32 comma-separated widths from 1 to {self.limits.max_width}"
+                )
+            widths = [int(p) for p in parts]
+        facts = await self.get(await self.prepare_meta(replace(target, query=())))
+        info = json.loads(facts.image.content)
+        keys = self.settings.security.keys
+        url_for = ImageUrls(key=keys[0].decode() if keys else None, limits=self.limits).target
+        chosen = srcset.candidates(
+            options,
+            info["width"],
+            width=fixed,
+            widths=widths,
+            ladder=self.settings.limits.ladder_widths,
+            dpr_qualities=self.settings.srcset.dpr_qualities,
+        )
+        return srcset.describe(
+            target.key,
+            (info["width"], info["height"]),
+            chosen,
+            url_for,
+            sizes=extra.get("sizes"),
+            fixed_width=fixed,
+            alt=extra.get("alt", ""),
+        )
 
     async def get(self, request: Request) -> Result:
         """Local cache, then (one caller per key) the shared tier, then a render written to both."""
@@ -355,6 +412,22 @@ class _OriginSource:
 
     async def locate(self, key: str) -> Located:
         return await self.remote.locate(self.base + quote(key, safe="/"))
+
+
+def _widths(value: str, most: int) -> list[int]:
+    parts = value.split(",")
+    if len(parts) > 32 or not all(p.isascii() and p.isdigit() and 1 <= int(p) <= most for p in parts):
+        raise BadParameter("widths", f"must be up to 32 comma-separated widths from 1 to {most}")
+    return [int(p) for p in parts]
+
+
+def _int_param(params: dict[str, str], name: str, low: int, high: int) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
+        raise BadParameter(name, f"must be an integer from {low} to {high}")
+    return int(value)
 
 
 def _split_control(query: Sequence[tuple[str, str]]) -> tuple[dict[str, str], list[tuple[str, str]]]:

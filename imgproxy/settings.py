@@ -133,6 +133,21 @@ class FormatSettings(Group):
     save_data_quality_drop: int = Field(20, ge=0, le=99, description="default quality drop for Save-Data: on")
 
 
+class SrcsetSettings(Group):
+    widths: list[int] = Field(
+        [320, 480, 640, 768, 960, 1280, 1600, 1920, 2560],
+        description="fluid srcset candidates (snapped up onto the ladder)",
+    )
+    dpr_qualities: list[int] = Field([75, 50, 35], description="quality of the 1x, 2x, 3x fixed-size candidates")
+
+    @field_validator("widths", "dpr_qualities")
+    @classmethod
+    def _non_empty(cls, value: list[int]) -> list[int]:
+        if not value or any(v < 1 for v in value):
+            raise ValueError("must be a non-empty list of positive numbers")
+        return value
+
+
 class WatermarkSettings(Group):
     path: str | None = Field(None, description="watermark image for wm=1, relative to the local root")
 
@@ -149,6 +164,8 @@ class HttpSettings(Group):
         description="Cache-Control of image responses",
     )
     passthrough: bool = Field(False, description="serve untouched originals when a request has no options")
+    client_hints: bool = Field(False, description="honour w=auto / dpr=auto from Sec-CH-Width and Sec-CH-DPR")
+    auto_width: int = Field(1280, ge=1, description="w=auto for clients that send no width hint")
 
 
 # Keys made only of these words (in any case, with any punctuation) are templates, not secrets.
@@ -199,6 +216,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     watermark: WatermarkSettings = WatermarkSettings()
     log: LogSettings = LogSettings()
+    srcset: SrcsetSettings = SrcsetSettings()
     presets: dict[str, str] = Field({}, description='named option sets: {"thumb": "w=200&h=200&fit=cover"}')
 
     @model_validator(mode="after")
