@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "detail": str(exc.detail)}
         headers = {"Cache-Control": "no-store", **(exc.headers or {})}
         if exc.status_code == 405:  # GET and HEAD are separate routes: list every method the path has
-            headers["Allow"] = ", ".join(allowed_methods(router.routes, request))
+            headers["Allow"] = ", ".join(allowed_methods(router.routes, request)) or headers.get("Allow", "")
         return ProblemResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)

@@ -141,7 +141,8 @@ def add_operations_routes(router: APIRouter, service: ImageService) -> None:
         body = {"status": "ready" if ready else "not ready", "checks": checks}
         return JSONResponse(body, status_code=200 if ready else 503, headers={"Cache-Control": "no-store"})
 
-    @router.get(
+    @get_and_head(
+        router,
         "/metrics",
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
