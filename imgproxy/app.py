@@ -15,6 +15,7 @@ from imgproxy import __version__, logs
 from imgproxy.errors import BadParameter, ImageProxyError
 from imgproxy.metrics import Metrics
 from imgproxy.middleware import ObservabilityMiddleware
+from imgproxy.playground import build_playground
 from imgproxy.responses import ProblemResponse, problem
 from imgproxy.routes import build_router
 from imgproxy.service import ImageService
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     router = build_router(service)
     app.include_router(router)
+    if settings.http.playground:
+        app.include_router(build_playground(service))
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
     @app.exception_handler(ImageProxyError)

@@ -166,6 +166,8 @@ class HttpSettings(Group):
     passthrough: bool = Field(False, description="serve untouched originals when a request has no options")
     client_hints: bool = Field(False, description="honour w=auto / dpr=auto from Sec-CH-Width and Sec-CH-DPR")
     auto_width: int = Field(1280, ge=1, description="w=auto for clients that send no width hint")
+    playground: bool = Field(True, description="serve the playground page at /")
+    dev_signing: bool = Field(False, description="let the playground have URLs signed (development only!)")
 
 
 # Keys made only of these words (in any case, with any punctuation) are templates, not secrets.
