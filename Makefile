@@ -15,8 +15,8 @@ serve: $(BIN)/.installed
 	$(BIN)/imgproxy serve --host 127.0.0.1 --port 8080
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check imgproxy tests bench
-	$(BIN)/ruff format --check imgproxy tests bench
+	$(BIN)/ruff check imgproxy tests bench scripts
+	$(BIN)/ruff format --check imgproxy tests bench scripts
 	$(BIN)/mypy imgproxy
 
 test: lint

@@ -3,8 +3,12 @@
 import re
 from pathlib import Path
 
+from PIL import Image
+from starlette.testclient import TestClient
+
 from imgproxy.docs import render_readme
 from imgproxy.settings import known_keys
+from tests.conftest import decode
 
 ROOT = Path(__file__).parent.parent
 
@@ -27,3 +31,14 @@ def test_env_example_lists_every_setting() -> None:
     keys = known_keys()
     settable = {key for key in keys if not any(other.startswith(key + "__") for other in keys)}
     assert listed == settable
+
+
+def test_readme_gallery_images_are_what_the_service_renders(client: TestClient) -> None:
+    """Each gallery row's image exists and has the size and format its URL produces today."""
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"\| `(/img/[^`]+)` \| !\[[^\]]*\]\((docs/gallery/[0-9]+\.webp)\)", readme)
+    assert len(rows) >= 8
+    for url, image_path in rows:
+        with Image.open(ROOT / image_path) as committed:
+            rendered = decode(client.get(url).content)
+            assert (committed.format, committed.size) == ("WEBP", rendered.size), url
