@@ -54,6 +54,7 @@ def make_edge_cases(root: Path) -> None:
 @pytest.fixture
 def make_settings(source_root: Path) -> Callable[..., Settings]:
     def build(**groups: Any) -> Settings:
+        groups.setdefault("log", {"level": "warning"})  # no access line per request in test output
         groups.setdefault("source", {})
         groups["source"] = {"local_root": source_root, **groups["source"]}
         return Settings(_env_file=None, **groups)

@@ -36,6 +36,8 @@ def to_srgb(image: Image.Image) -> Image.Image:
     if image.mode == "P":
         # Palette transparency (a tRNS key colour or index) becomes real alpha, never a visible colour.
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode in ("1", "L", "RGB") and "transparency" in image.info:
+        image = image.convert("RGBA")  # a transparent key colour becomes real alpha, never a visible colour
     elif image.mode in _WIDE_GREY:
         # 16-bit and float greys span 0..65535: scale to 8 bits rather than clip at 255.
         wide = image if image.mode in ("I", "F") else image.convert("I")

@@ -76,7 +76,8 @@ def encode(
 ) -> bytes:
     first = frames.images[0]
     if max(first.size) > MAX_SIDE[fmt]:
-        raise BadParameter("w", f"{fmt.value} output is limited to {MAX_SIDE[fmt]} px per side")
+        side = "w" if first.width >= first.height else "h"
+        raise BadParameter(side, f"{fmt.value} output is limited to {MAX_SIDE[fmt]} px per side")
     images = [_prepare(image, fmt, output) for image in frames.images]
     params = _params(fmt, quality, output, settings)
     if exif is not None and fmt is not Format.GIF:

@@ -57,9 +57,15 @@ def plan(source: tuple[int, int], options: Options, max_size: tuple[int, int]) -
     """Plan the geometry of `options` (with `dpr` already folded in) on a source of size `source`."""
     box = region = _crop_region(source, options.crop)
     size = _fit_size((box[2] - box[0], box[3] - box[1]), options)
-    if options.fit is Fit.COVER and options.width and options.height:
+    both = options.width is not None and options.height is not None
+    if options.fit is Fit.COVER and both:
         box = _cover_box(box, size, options)
-    size = _within(size, max_size)
+    # The exact aspect ratio of the output, so a size clamped to the limits is rounded once, not twice.
+    if options.fit in (Fit.COVER, Fit.FILL) and both:
+        aspect = Fraction(options.width, options.height)  # type: ignore[arg-type]
+    else:
+        aspect = Fraction(box[2] - box[0]) / Fraction(box[3] - box[1])
+    size = _within(size, max_size, aspect)
     canvas = size
     if options.fit is Fit.CONTAIN and options.width and options.height:
         canvas = (options.width, options.height)
@@ -132,9 +138,11 @@ def _cover_box(region: Box, size: tuple[int, int], options: Options) -> Box:
     return (max(left, left + x), max(top, top + y), min(right, left + x + cw), min(bottom, top + y + ch))
 
 
-def _within(size: tuple[int, int], max_size: tuple[int, int]) -> tuple[int, int]:
-    """Scale an over-limit size down to the limits, keeping its aspect ratio."""
-    shrink = min(Fraction(1), Fraction(max_size[0], size[0]), Fraction(max_size[1], size[1]))
-    if shrink == 1:
+def _within(size: tuple[int, int], max_size: tuple[int, int], aspect: Fraction) -> tuple[int, int]:
+    """Scale an over-limit size down to the limits, keeping the exact aspect ratio `aspect` (w/h)."""
+    max_w, max_h = max_size
+    if size[0] <= max_w and size[1] <= max_h:
         return size
-    return (min(round_half_up(size[0] * shrink), max_size[0]), min(round_half_up(size[1] * shrink), max_size[1]))
+    if Fraction(size[0], max_w) >= Fraction(size[1], max_h):  # the width is the binding limit
+        return (max_w, min(round_half_up(max_w / aspect), max_h))
+    return (min(round_half_up(max_h * aspect), max_w), max_h)

@@ -36,22 +36,41 @@ def resize(image: Image.Image, plan: Plan) -> Image.Image:
     box, size = plan.geometry.box, plan.geometry.size
     if box == (0, 0, image.width, image.height) and size == image.size:
         return image
+    region = tuple(round(v) for v in plan.geometry.region)
+    if region != (0, 0, image.width, image.height):
+        # Resampling reads beyond its box: cut to the `crop` rectangle first so nothing outside it leaks in.
+        image = image.crop(region)  # type: ignore[arg-type]
+        left, top = region[0], region[1]
+        box = (
+            max(0.0, box[0] - left),
+            max(0.0, box[1] - top),
+            min(float(image.width), box[2] - left),
+            min(float(image.height), box[3] - top),
+        )
     if all(float(v).is_integer() for v in box) and size == (box[2] - box[0], box[3] - box[1]):
         return image.crop(tuple(int(v) for v in box))  # type: ignore[arg-type]
     # reducing_gap: a fast integer reduce() first, then Lanczos over the last factor of 3 or less.
     return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
 
 
+def _on_canvas(image: Image.Image, plan: Plan, size: tuple[int, int], offset: tuple[int, int]) -> Image.Image:
+    """Place `image` on a canvas of `size` in `bg`: transparent by default where the format has alpha,
+    white otherwise. The image keeps its own alpha: `flatten` composites it on `bg` later if needed."""
+    has_alpha = plan.format in ALPHA_FORMATS
+    colour = plan.options.background or (TRANSPARENT if has_alpha else WHITE)
+    if not has_alpha:
+        colour = (*colour[:3], 255)  # padding is opaque where the output cannot be transparent
+    mode = "RGBA" if has_alpha or image.mode == "RGBA" else "RGB"
+    canvas = Image.new(mode, size, colour[: len(mode)])
+    canvas.paste(image.convert(mode), offset)
+    return canvas
+
+
 def pad(image: Image.Image, plan: Plan) -> Image.Image:
     """`fit=contain`: place the image on a canvas of exactly wxh in `bg`."""
     if plan.geometry.canvas == image.size:
         return image
-    has_alpha = plan.format in ALPHA_FORMATS
-    colour = plan.options.background or (TRANSPARENT if has_alpha else WHITE)
-    mode = "RGBA" if has_alpha else "RGB"
-    canvas = Image.new(mode, plan.geometry.canvas, colour if has_alpha else colour[:3])
-    canvas.paste(image.convert(mode), plan.geometry.offset)
-    return canvas
+    return _on_canvas(image, plan, plan.geometry.canvas, plan.geometry.offset)
 
 
 _ROTATIONS = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}
@@ -115,12 +134,7 @@ def extend(image: Image.Image, plan: Plan) -> Image.Image:
     top, right, bottom, left = plan.options.pad
     if not (top or right or bottom or left):
         return image
-    has_alpha = plan.format in ALPHA_FORMATS
-    colour = plan.options.background or (TRANSPARENT if has_alpha else WHITE)
-    mode = "RGBA" if has_alpha or image.mode == "RGBA" else "RGB"
-    canvas = Image.new(mode, (image.width + left + right, image.height + top + bottom), colour[: len(mode)])
-    canvas.paste(image.convert(mode), (left, top))
-    return canvas
+    return _on_canvas(image, plan, (image.width + left + right, image.height + top + bottom), (left, top))
 
 
 def round_corners(image: Image.Image, plan: Plan) -> Image.Image:
