@@ -31,7 +31,11 @@ def encode(image: Image.Image, x_components: int = 4, y_components: int = 3) -> 
     """The BlurHash of `image` with `x_components` x `y_components` (1..9 each) components."""
     if not (1 <= x_components <= 9 and 1 <= y_components <= 9):
         raise ValueError("components must be 1..9")
-    small = image.convert("RGB")
+    if image.mode == "RGBA":  # transparent areas read as white, as the dominant colour does
+        small = Image.new("RGB", image.size, (255, 255, 255))
+        small.paste(image, mask=image.getchannel("A"))
+    else:
+        small = image.convert("RGB")
     small.thumbnail((ANALYSIS_SIDE, ANALYSIS_SIDE), Image.Resampling.BILINEAR)
     pixels = _to_linear(np.asarray(small, dtype=np.float64))  # height, width, RGB
     height, width = pixels.shape[:2]

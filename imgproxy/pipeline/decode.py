@@ -91,6 +91,10 @@ def shrink_on_load(image: Image.Image, needed: tuple[float, float]) -> None:
 def load(image: Image.Image, orient: int) -> Image.Image:
     """Decode the pixels (first frame) and apply the EXIF orientation."""
     guarded(image.load)
+    return oriented(image, orient)
+
+
+def oriented(image: Image.Image, orient: int) -> Image.Image:
     for op in _TRANSPOSE.get(orient, ()):
         image = image.transpose(op)
     return image

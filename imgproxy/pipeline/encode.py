@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from imgproxy.errors import BadParameter
 from imgproxy.options import Format, Output
@@ -39,7 +39,7 @@ class Frames:
 
     images: list[Image.Image]
     durations: list[int] = field(default_factory=list)  # milliseconds per frame
-    loop: int = 0
+    loop: int | None = None  # None: play once (a GIF without a loop extension)
     disposal: list[int] = field(default_factory=list)  # GIF disposal method per frame
 
 
@@ -83,7 +83,11 @@ def encode(
     if exif is not None and fmt is not Format.GIF:
         params["exif"] = exif
     if len(images) > 1:
-        params.update(save_all=True, append_images=images[1:], duration=frames.durations, loop=frames.loop)
+        params.update(save_all=True, append_images=images[1:], duration=frames.durations)
+        if frames.loop is not None:
+            params["loop"] = frames.loop
+        elif fmt is not Format.GIF:  # GIF plays once without a loop extension; WebP and AVIF need loop=1
+            params["loop"] = 1
         if fmt is Format.GIF and frames.disposal:
             params["disposal"] = frames.disposal
     out = io.BytesIO()
@@ -92,13 +96,30 @@ def encode(
 
 
 def _prepare(image: Image.Image, fmt: Format, output: Output) -> Image.Image:
+    image.info.clear()  # nothing from the source (EXIF, XMP, comments, text, ICC, tRNS) reaches the output
     if fmt in (Format.WEBP, Format.AVIF, Format.HEIC) and image.mode == "L":
-        image = image.convert("RGB")
+        return image.convert("RGB")
+    if fmt is Format.GIF and image.mode == "RGBA":
+        return gif_palette(image, output.colors or 256)
     if output.colors and fmt in (Format.PNG, Format.GIF):
         method = Image.Quantize.FASTOCTREE if image.mode == "RGBA" else Image.Quantize.MEDIANCUT
-        image = image.quantize(output.colors, method=method, dither=Image.Dither.FLOYDSTEINBERG)
-    image.info.clear()  # nothing from the source (EXIF, XMP, comments, text, ICC, tRNS) reaches the output
+        return image.quantize(output.colors, method=method, dither=Image.Dither.FLOYDSTEINBERG)
     return image
+
+
+def gif_palette(image: Image.Image, colors: int) -> Image.Image:
+    """RGBA → a palette image GIF can hold: `colors - 1` colours plus one fully transparent index.
+
+    GIF transparency is on or off: alpha is thresholded at 50% first, so faint resampling halos around
+    a transparent sprite vanish instead of turning into solid specks."""
+    opaque = image.getchannel("A").point(lambda alpha: 255 if alpha >= 128 else 0)
+    key = colors - 1
+    palette_image = image.convert("RGB").quantize(key, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette = (palette_image.getpalette() or [])[: key * 3]
+    palette_image.putpalette(palette + [0, 0, 0] * (256 - len(palette) // 3))
+    palette_image.paste(key, mask=ImageOps.invert(opaque))
+    palette_image.info = {"transparency": key}
+    return palette_image
 
 
 def _params(fmt: Format, quality: int, output: Output, settings: FormatSettings) -> dict[str, Any]:

@@ -54,12 +54,19 @@ def _icc_description(icc: bytes | None) -> str | None:
 def dominant_color(image: Image.Image) -> str:
     """The most common of 8 median-cut colours (transparent pixels do not vote)."""
     rgb = image.convert("RGB")
-    if image.mode == "RGBA":
-        rgb = Image.composite(rgb, Image.new("RGB", rgb.size, (255, 255, 255)), image.getchannel("A"))
     palette_image = rgb.quantize(8, method=Image.Quantize.MEDIANCUT)
-    counts = sorted(palette_image.getcolors() or [(1, 0)], reverse=True)
+    votes = palette_image
+    if image.mode == "RGBA":
+        # Transparent pixels get index 255, which the palette never uses, and their count is dropped.
+        votes = palette_image.copy()
+        votes.paste(255, mask=image.getchannel("A").point(lambda alpha: 255 if alpha < 128 else 0))
+    counts: list[tuple[int, int]] = [
+        (count, int(index))  # type: ignore[arg-type]  # palette colours are indices
+        for count, index in votes.getcolors() or []
+        if index != 255
+    ]
     palette = palette_image.getpalette() or [0, 0, 0]
-    index = int(counts[0][1])  # type: ignore[call-overload]
+    index = max(counts)[1] if counts else 0
     r, g, b = palette[index * 3 : index * 3 + 3]
     return f"#{r:02x}{g:02x}{b:02x}"
 

@@ -84,7 +84,7 @@ def render(data: bytes, options: Options, fmt: Format, context: RenderContext) -
         first = first.convert("RGBA")  # every frame in one mode: later frames may gain transparency
     frames = Frames([_apply_steps(first, step_plan)])
     if frame_count > 1:
-        frames = _animation(image, frames, frame_count, trimmed, step_plan)
+        frames = _animation(image, first=frames, count=frame_count, orient=orient, trimmed=trimmed, step_plan=step_plan)
     transformed = time.perf_counter()
 
     quality = quality_for(out_format, options.quality, context.formats, context.quality_drop)
@@ -109,8 +109,8 @@ def _frames_to_render(image: Image.Image, options: Options, fmt: Format, limits:
     """Seek to `frame=N`, or decide how many frames of an animation to keep (1 when over budget)."""
     count = decode.frame_count(image)
     if options.frame is not None:
-        if options.frame >= count:
-            raise BadParameter("frame", f"must be below the source's {count} frames")
+        if options.frame >= min(count, limits.max_frames):  # seeking decodes every frame before it
+            raise BadParameter("frame", f"must be below {min(count, limits.max_frames)} (frames of the source)")
         frame = options.frame
         decode.guarded(lambda: image.seek(frame))
         return 1
@@ -143,17 +143,25 @@ def _apply_steps(image: Image.Image, step_plan: Plan) -> Image.Image:
 
 
 def _animation(
-    image: Image.Image, first: Frames, count: int, trimmed: tuple[float, ...] | None, step_plan: Plan
+    image: Image.Image,
+    *,
+    first: Frames,
+    count: int,
+    orient: int,
+    trimmed: tuple[float, ...] | None,
+    step_plan: Plan,
 ) -> Frames:
     """Every frame through the same steps, with the source's durations, loop count and disposal."""
-    frames = Frames(first.images, durations=[], loop=int(image.info.get("loop", 0)), disposal=[])
+    loop = image.info.get("loop")
+    frames = Frames(first.images, durations=[], loop=None if loop is None else int(loop), disposal=[])
     for index in range(count):
         decode.guarded(lambda i=index: image.seek(i))  # type: ignore[misc]
+        decode.guarded(image.load)  # some decoders (WebP) only fill in the frame's duration once loaded
         frames.durations.append(int(image.info.get("duration", 100)))
         frames.disposal.append(int(getattr(image, "disposal_method", 0)))
         if index == 0:
             continue
-        frame = to_srgb(decode.guarded(lambda: image.convert("RGBA")))
+        frame = to_srgb(decode.oriented(decode.guarded(lambda: image.convert("RGBA")), orient))
         if trimmed is not None:
             frame = frame.crop(tuple(int(v) for v in trimmed))  # type: ignore[arg-type]
         frames.images.append(_apply_steps(frame, step_plan))
