@@ -89,17 +89,18 @@ class Coalescer(Generic[T]):
         self.coalesced = 0
         self._on_join = on_join
 
-    async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """The result, and whether this caller joined a computation another caller had started."""
         future = self._inflight.get(key)
         if future is not None:
             self.coalesced += 1
             if self._on_join is not None:
                 self._on_join()
-            return await asyncio.shield(future)
+            return await asyncio.shield(future), True
         task: asyncio.Future[T] = asyncio.ensure_future(compute())
         self._inflight[key] = task
         task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        return await asyncio.shield(task), False
 
     @property
     def inflight(self) -> int:

@@ -49,8 +49,6 @@ class ObservabilityMiddleware:
         headers = seen["headers"]
         self.metrics.requests.labels(route, scope["method"], str(status)).inc()
         self.metrics.duration.labels(route).observe(elapsed)
-        if status == 503:
-            self.metrics.rejected.labels("overloaded" if "retry-after" in headers else "other").inc()
         if ACCESS.isEnabledFor(20):  # INFO: skip building the record when access logs are off
             ACCESS.info(
                 "request",

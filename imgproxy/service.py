@@ -104,6 +104,7 @@ class Request:
     source: Located
     vary: tuple[str, ...] = ()  # request headers the response depends on
     bare: bool = False  # no options at all: an untouched original may be served
+    timings: dict[str, float] = field(default_factory=dict)  # stages before the cache (fetching the source)
 
 
 @dataclass(frozen=True)
@@ -190,14 +191,16 @@ class ImageService:
         negotiated = options.format is Format.AUTO
         fmt = output_format(options.format, negotiate(target.accept, self.settings.formats.avif))
         save_data = target.save_data and options.quality is None and fmt is not Format.BLURHASH
+        started = time.perf_counter()
         source = await self._locate(target, control)
+        fetch = self._fetch_timing(target, started)
         key = RenderKey(source.identity, source.version, options, fmt, negotiated, save_data, self._fingerprint)
         vary = (
             ("Accept",) * negotiated
             + ("Save-Data",) * (options.quality is None and fmt is not Format.BLURHASH)
             + hinted
         )
-        return Request(key=key, source=source, vary=vary, bare=not own and "preset" not in control)
+        return Request(key=key, source=source, vary=vary, bare=not own and "preset" not in control, timings=fetch)
 
     async def prepare_meta(self, target: Target) -> Request:
         """`/meta`: the same signature rules and sources as images; no options."""
@@ -206,8 +209,10 @@ class ImageService:
         signing.check_expiry(control.get("expires"), time.time())
         if items or "preset" in control:
             raise BadParameter((items[0][0] if items else "preset"), "/meta takes no options")
+        started = time.perf_counter()
         source = await self._locate(target, control)
-        return Request(key=MetaKey(source.identity, source.version), source=source)
+        fetch = self._fetch_timing(target, started)
+        return Request(key=MetaKey(source.identity, source.version), source=source, timings=fetch)
 
     async def srcset(self, target: Target) -> dict[str, Any]:
         """`/srcset`: candidate URLs (signed with the first key, when there are keys) and markup."""
@@ -260,16 +265,21 @@ class ImageService:
             self.metrics.cache.labels("local", "hit").inc()
             return Result(cached, tier="local", timings={})
         self.metrics.cache.labels("local", "miss").inc()
-        image, tier, timings = await self.renders.run(request.key, lambda: self._find_or_render(request))
-        return Result(image, tier=tier, timings=timings)
+        started = time.perf_counter()
+        (image, tier, timings), joined = await self.renders.run(request.key, lambda: self._find_or_render(request))
+        if joined:  # the stages were someone else's: report only this request's own wait
+            timings = {"coalesced": (time.perf_counter() - started) * 1000}
+        return Result(image, tier=tier, timings={**request.timings, **timings})
 
     async def _find_or_render(self, request: Request) -> tuple[CachedImage, str | None, dict[str, float]]:
         key = request.key
         if self.shared is not None:
+            started = time.perf_counter()
             found = await self.shared.get(key.etag)
+            lookup = {"redis": (time.perf_counter() - started) * 1000}
             if found is not None:
                 self._store_local(key, found)
-                return found, "redis", {}
+                return found, "redis", lookup
         work = functools.partial(self._describe if isinstance(key, MetaKey) else self._transform, request)
         try:
             image, timings = await self.limiter.run(work)
@@ -283,7 +293,14 @@ class ImageService:
         self._store_local(key, image)  # only reached on success: errors are never cached
         if self.shared is not None:
             await self.shared.put(key.etag, image)
+            timings = {**lookup, **timings}
         return image, None, timings
+
+    def _fetch_timing(self, target: Target, started: float) -> dict[str, float]:
+        """Server-Timing `fetch` for sources that are fetched (a local stat is not worth reporting)."""
+        if target.remote or not isinstance(self.source, LocalSource):
+            return {"fetch": (time.perf_counter() - started) * 1000}
+        return {}
 
     def _store_local(self, key: RenderKey | MetaKey, image: CachedImage) -> None:
         self.cache.put(key, image)
@@ -359,6 +376,8 @@ class ImageService:
             raise BadParameter("url", "is not a valid URL") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise BadParameter("url", "must be an absolute http:// or https:// URL")
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise BadParameter("url", "the port must be from 1 to 65535")
         return await self.url_source.locate(url)
 
     def _fetcher(self, patterns: list[str]) -> HttpFetcher:

@@ -43,11 +43,14 @@ def is_public(address: IPAddress) -> bool:
 
 
 def host_allowed(host: str, port: int, patterns: list[str]) -> bool:
-    """Glob patterns match the host, or `host:port` when the pattern has a colon."""
+    """Glob patterns match the host, or `host:port` when the pattern names a port: `img.example.com:8443`,
+    `[::1]:8080`. A bare IPv6 literal (`::1`, `2001:db8::*`) is a host pattern."""
     host = host.lower().rstrip(".")
-    for pattern in patterns:
-        subject = f"{host}:{port}" if ":" in pattern else host
-        if fnmatch.fnmatchcase(subject, pattern.lower()):
+    with_port = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    for pattern in (p.lower() for p in patterns):
+        names_port = pattern.startswith("[") or pattern.count(":") == 1
+        glob = "[[]" + pattern[1:] if pattern.startswith("[") else pattern  # a literal bracket, not a glob class
+        if fnmatch.fnmatchcase(with_port if names_port else host, glob):
             return True
     return False
 

@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import http.cookiejar
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,8 +81,12 @@ def max_age(headers: httpx.Headers) -> int | None:
         try:
             when = email.utils.parsedate_to_datetime(expires).timestamp()
         except (TypeError, ValueError):
-            return 0
-        return max(0, int(when - email.utils.parsedate_to_datetime(headers.get("date", expires)).timestamp()))
+            return 0  # an invalid Expires means "already expired" (RFC 9111 5.3)
+        try:
+            now = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            now = time.time()
+        return max(0, int(when - now))
     return None
 
 
@@ -112,7 +117,7 @@ class HttpFetcher:
             raise OriginTimeout(f"the origin did not answer within {self.timeout:g} s") from None
         except httpx.TimeoutException:
             raise OriginTimeout("the origin did not answer in time") from None
-        except (httpx.HTTPError, httpx.InvalidURL):  # InvalidURL: from a redirect's Location
+        except (httpx.HTTPError, httpx.InvalidURL, OSError):  # InvalidURL: from a redirect's Location
             raise OriginUnreachable("the origin could not be reached") from None
 
     async def _follow(self, url: str, validators: Validators | None) -> Fetched:
@@ -132,6 +137,8 @@ class HttpFetcher:
         if url.scheme not in ("http", "https") or not url.host:
             raise Forbidden("only http and https origins are allowed")
         port = url.port or (443 if url.scheme == "https" else 80)
+        if not 0 < port < 65536:
+            raise OriginUnreachable("the origin's port is out of range")
         if not self._host_allowed(url.host, port):
             raise Forbidden("the origin's host is not allowed")
         checked = await address.resolve(url.host, port, self.allow_private)
@@ -169,6 +176,11 @@ class HttpFetcher:
         return Fetched(
             data=data,
             media_type=media_type,
-            validators=Validators(response.headers.get("etag"), response.headers.get("last-modified")),
+            validators=Validators(_ascii(response.headers.get("etag")), _ascii(response.headers.get("last-modified"))),
             max_age=max_age(response.headers),
         )
+
+
+def _ascii(value: str | None) -> str | None:
+    """A validator worth sending back: request headers must be ASCII."""
+    return value if value is not None and value.isascii() else None

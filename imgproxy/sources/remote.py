@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from imgproxy.cache import ByteLRU, Coalescer
-from imgproxy.errors import ImageProxyError
+from imgproxy.errors import ImageProxyError, OriginUnreachable
 from imgproxy.sources.base import Located
 from imgproxy.sources.http import Fetched, NotModified, Validators
 
@@ -51,7 +51,7 @@ class RemoteSource:
     async def locate(self, key: str) -> Located:
         original = self.cache.get(key)
         if original is None or original.expires_at <= self._clock():
-            original = await self.fetches.run(key, lambda: self._refresh(key, original))
+            original, _ = await self.fetches.run(key, lambda: self._refresh(key, original))
         data = original.data
         return Located(identity=f"{self.scheme}:{key}", version=original.version, read=lambda: data)
 
@@ -65,8 +65,8 @@ class RemoteSource:
             raise
         except NotModified as confirmed:
             self._report(started, None)
-            if stale is None:
-                raise
+            if stale is None:  # a 304 to a request without validators: the origin is broken
+                raise OriginUnreachable("the origin answered 304 Not Modified to an unconditional request") from None
             fresh = replace(stale, expires_at=self._expiry(confirmed.max_age))
         else:
             self._report(started, None)

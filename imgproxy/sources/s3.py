@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -42,30 +44,44 @@ class S3Fetcher:
         request = {"Bucket": self.bucket, "Key": key}
         if validators and validators.etag:
             request["IfNoneMatch"] = validators.etag
-        try:
+        with _store_errors():
             response = self._client.get_object(**request)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 304 or code in ("304", "NotModified"):
-                raise NotModified(None) from None
-            if code in _MISSING or status == 404:
-                raise SourceNotFound("the bucket has no such image") from None
-            raise OriginUnreachable(f"the object store refused the request ({code or status})") from None
-        except (ConnectTimeoutError, ReadTimeoutError):
-            raise OriginTimeout("the object store did not answer in time") from None
-        except BotoCoreError:
-            raise OriginUnreachable("the object store could not be reached") from None
-        body = response["Body"]
-        try:
-            if response.get("ContentLength", 0) > self.max_bytes:
-                raise SourceTooLarge("the object is over this server's byte budget")
-            data = body.read(self.max_bytes + 1)
-        finally:
-            body.close()
-        if len(data) > self.max_bytes:
-            raise SourceTooLarge("the object is over this server's byte budget")
+            data = self._read(response)
         media_type = sniff_media_type(data[:32])
         if media_type is None:
             raise UnsupportedImage("the object is not an image in a supported format")
         return Fetched(data, media_type, Validators(etag=response.get("ETag")), max_age=None)
+
+    def _read(self, response: dict[str, Any]) -> bytes:
+        body = response["Body"]
+        declared = int(response.get("ContentLength", 0))
+        try:
+            if declared > self.max_bytes:
+                raise SourceTooLarge("the object is over this server's byte budget")
+            data: bytes = body.read(self.max_bytes + 1)
+        finally:
+            body.close()
+        if len(data) > self.max_bytes:
+            raise SourceTooLarge("the object is over this server's byte budget")
+        if len(data) != declared:  # cut short: never keep a truncated original
+            raise OriginUnreachable("the object store sent fewer bytes than it declared")
+        return data
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """botocore's exceptions, as the service's errors."""
+    try:
+        yield
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 304 or code in ("304", "NotModified"):
+            raise NotModified(None) from None
+        if code in _MISSING or status == 404:
+            raise SourceNotFound("the bucket has no such image") from None
+        raise OriginUnreachable(f"the object store refused the request ({code or status})") from None
+    except (ConnectTimeoutError, ReadTimeoutError):
+        raise OriginTimeout("the object store did not answer in time") from None
+    except (BotoCoreError, OSError):
+        raise OriginUnreachable("the object store could not be reached or broke off") from None
