@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Match, Route
 
 from imgproxy import __version__, logs
 from imgproxy.errors import BadParameter, ImageProxyError
+from imgproxy.hotpath import KnownRequestMiddleware
 from imgproxy.metrics import Metrics
 from imgproxy.middleware import ObservabilityMiddleware
 from imgproxy.playground import build_playground
@@ -47,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     if settings.http.playground:
         app.include_router(build_playground(service))
+    image_route = next(r for r in router.routes if getattr(r, "path_format", "") == "/img/{path}")
+    app.add_middleware(KnownRequestMiddleware, service=service, route=image_route)  # inside the next one
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
     @app.exception_handler(ImageProxyError)

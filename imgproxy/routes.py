@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
@@ -21,12 +21,13 @@ from imgproxy.openapi import (
     url_parameter,
 )
 from imgproxy.responses import etag_of, image_response, is_not_modified, not_modified, server_timing
-from imgproxy.service import ImageService, Target
+from imgproxy.service import ImageService, Result, Target
 from imgproxy.service import Request as PreparedRequest
 from imgproxy.sniff import SNIFF_BYTES, sniff_media_type
 from imgproxy.sources.base import Located
 
-HINT_HEADERS = frozenset(name.lower() for name in (*WIDTH_HINTS, *DPR_HINTS))
+HINT_HEADERS = frozenset(name.lower().encode() for name in (*WIDTH_HINTS, *DPR_HINTS))
+NEGOTIATING_HEADERS = HINT_HEADERS | {b"accept", b"save-data"}
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
 
@@ -160,22 +161,36 @@ class Responder:
         self.cache_control = service.settings.http.cache_control
         self.client_hints = service.settings.http.client_hints
 
-    async def respond(self, request: Request, prepared: PreparedRequest) -> Response:
+    def validators(self, prepared: PreparedRequest) -> dict[str, str]:
+        """The headers known before the result: also all a 304 carries."""
         headers = {"ETag": prepared.key.etag, "Cache-Control": self.cache_control}
         if self.client_hints:
             headers["Accept-CH"] = ACCEPT_CH
         if prepared.vary:
             headers["Vary"] = ", ".join(prepared.vary)
-        if is_not_modified(request.headers.get("if-none-match"), prepared.key.etag):
-            return not_modified(headers)
-        result = await self.service.get(prepared)
+        return headers
+
+    @staticmethod
+    def with_result(headers: dict[str, str], result: Result) -> dict[str, str]:
         headers.update(result.image.headers)
         headers["X-Cache"] = "MISS" if result.tier is None else "HIT"
         if result.tier is not None:
             headers["X-Cache-Tier"] = result.tier
         if result.timings:
             headers["Server-Timing"] = server_timing(result.timings)
-        return image_response(result.image.content, result.image.media_type, headers, request.method == "HEAD")
+        return headers
+
+    async def respond(self, request: Request, prepared: PreparedRequest) -> Response:
+        return await self.answer(prepared, request.headers.get("if-none-match"), head=request.method == "HEAD")
+
+    async def answer(self, prepared: PreparedRequest, if_none_match: str | None, *, head: bool) -> Response:
+        """304 when the client has it; else the cached or rendered bytes."""
+        headers = self.validators(prepared)
+        if is_not_modified(if_none_match, prepared.key.etag):
+            return not_modified(headers)
+        result = await self.service.get(prepared)
+        headers = self.with_result(headers, result)
+        return image_response(result.image.content, result.image.media_type, headers, head)
 
     def original(self, source: Located, request: Request) -> Response:
         """The untouched original; its type is sniffed from its bytes, never guessed from its name."""
@@ -198,13 +213,24 @@ class Responder:
 
 
 def target_of(request: Request, key: str, remote: bool) -> Target:
+    return target_from_scope(request.scope, key, remote, request.query_params.multi_items())
+
+
+def target_from_scope(
+    scope: MutableMapping[str, Any], key: str, remote: bool, query: Sequence[tuple[str, str]] = ()
+) -> Target:
+    """The request as the service sees it, read from the raw ASGI scope (the first of repeated headers)."""
+    headers: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in NEGOTIATING_HEADERS:
+            headers.setdefault(name, value.decode("latin-1"))
     return Target(
         key=key,
         remote=remote,
-        query=request.query_params.multi_items(),
-        raw_path=request.scope.get("raw_path") or request.scope["path"].encode(),
-        raw_query=request.scope.get("query_string", b""),
-        accept=request.headers.get("accept"),
-        save_data=request.headers.get("save-data", "").strip().lower() == "on",
-        hints={name: value for name, value in request.headers.items() if name in HINT_HEADERS},
+        query=query,
+        raw_path=scope.get("raw_path") or scope["path"].encode(),
+        raw_query=scope.get("query_string", b""),
+        accept=headers.get(b"accept"),
+        save_data=headers.get(b"save-data", "").strip().lower() == "on",
+        hints={name.decode(): value for name, value in headers.items() if name in HINT_HEADERS},
     )

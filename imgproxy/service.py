@@ -7,6 +7,7 @@ verify signature → expand preset → parse options → ladder → negotiate fo
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from cachetools import LRUCache
 from PIL import Image
 
 from imgproxy import hints, signing, srcset
@@ -58,20 +60,41 @@ SIZE_PARAMS = {"w", "h", "resize", "dpr"}
 
 
 @dataclass(frozen=True)
+class Transform:
+    """A request's resolved transform: everything but the source that determines the output bytes.
+
+    Equal (and hashed) by `digest` alone, computed once: two spellings of the same request (aliases,
+    Accept headers of one bucket) are one cache entry."""
+
+    options: Options = field(compare=False)  # dpr folded in, ladder and defaults applied
+    format: Format = field(compare=False)  # explicit, or negotiated bucket (AUTO = legacy: JPEG/PNG by alpha)
+    negotiated: bool = field(compare=False)  # the format came from `Accept`
+    save_data: bool = field(compare=False)  # `Save-Data: on` lowered the default quality
+    vary: tuple[str, ...] = field(compare=False)  # request headers the response depends on
+    bare: bool = field(compare=False)  # no options at all: an untouched original may be served
+    expires: str | None = field(compare=False)  # the signed expiry, checked on every use
+    url: str | None = field(compare=False)  # the source URL of GET /img?url=
+    digest: str = ""
+
+    @classmethod
+    def of(cls, fingerprint: str, **fields: Any) -> Transform:
+        """Build it with its digest: of the fields that change the bytes, plus the encoder settings."""
+        changing = (fields["options"], fields["format"], fields["negotiated"], fields["save_data"], fingerprint)
+        digest = hashlib.blake2b(repr(changing).encode(), digest_size=16).hexdigest()
+        return cls(**fields, digest=digest)
+
+
+@dataclass(frozen=True)
 class RenderKey:
-    """Everything that determines the output bytes, resolved: this is the cache key and the ETag."""
+    """The cache key and the ETag: which source, which version of it, which transform."""
 
     source: str
     version: str
-    options: Options  # dpr folded in, ladder and defaults applied
-    format: Format  # explicit, or negotiated bucket (AUTO = legacy: JPEG/PNG by alpha)
-    negotiated: bool  # the format came from `Accept`
-    save_data: bool  # `Save-Data: on` lowered the default quality
-    fingerprint: str  # encoder settings
+    transform: Transform
 
     @property
     def etag(self) -> str:
-        return etag_of(repr(self))
+        return etag_of(f"{self.source}\0{self.version}\0{self.transform.digest}")
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,8 @@ class ImageService:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics = metrics or Metrics()
+        self._local_hits = metrics.cache.labels("local", "hit")
+        self._local_misses = metrics.cache.labels("local", "miss")
         self.limits = Limits(settings.limits.max_width, settings.limits.max_height, settings.formats.avif)
         self.cache = result_cache(settings.cache.max_bytes, on_evict=metrics.cache.labels("local", "eviction").inc)
         self.shared = self._shared_cache()
@@ -125,6 +150,8 @@ class ImageService:
         limits = settings.limits
         self.limiter = WorkLimiter(limits.workers, limits.queue, limits.render_timeout, observe=metrics.observe_work)
         self._fingerprint = settings.output_fingerprint()
+        # Parsed, verified transforms by request bytes: bounded, so varied junk only churns it.
+        self._transforms: LRUCache[tuple[object, ...], Transform] = LRUCache(maxsize=4096)
         self._keys = settings.security.keys
         heic = heif.enable()
         self.decoders = (*DECODERS, "HEIF") if heic else DECODERS
@@ -173,7 +200,31 @@ class ImageService:
     # --- the flow ---
 
     async def prepare(self, target: Target) -> Request:
-        """Everything known before a pixel is read: bad input and bad signatures fail here, cheaply."""
+        """Everything known before a pixel is read: bad input and bad signatures fail here, cheaply.
+
+        The parsed, verified transform of a request is remembered by the request's exact bytes (path,
+        query with its signature, the headers it depends on), so a repeated request skips straight to
+        locating the source: only a signature that verified, and options that parsed, are remembered."""
+        transform = self.remembered(target)
+        if transform is None:
+            transform = self._resolve(target)
+            self._transforms[_memo_key(target)] = transform
+        return await self.prepare_known(target, transform)
+
+    def remembered(self, target: Target) -> Transform | None:
+        """The transform of an identical earlier request, if it parsed and verified."""
+        return self._transforms.get(_memo_key(target))
+
+    async def prepare_known(self, target: Target, transform: Transform) -> Request:
+        """The rest of `prepare` for a request whose transform is known: expiry, source, key."""
+        signing.check_expiry(transform.expires, time.time())
+        started = time.perf_counter()
+        source = await self._locate(target, transform.url)
+        fetch = self._fetch_timing(target, started)
+        key = RenderKey(source.identity, source.version, transform)
+        return Request(key=key, source=source, vary=transform.vary, bare=transform.bare, timings=fetch)
+
+    def _resolve(self, target: Target) -> Transform:
         signed = signing.verify(target.raw_path, target.raw_query, self._keys)
         control, own = _split_control(target.query)
         signing.check_expiry(control.get("expires"), time.time())
@@ -191,16 +242,22 @@ class ImageService:
         negotiated = options.format is Format.AUTO
         fmt = output_format(options.format, negotiate(target.accept, self.settings.formats.avif))
         save_data = target.save_data and options.quality is None and fmt is not Format.BLURHASH
-        started = time.perf_counter()
-        source = await self._locate(target, control)
-        fetch = self._fetch_timing(target, started)
-        key = RenderKey(source.identity, source.version, options, fmt, negotiated, save_data, self._fingerprint)
         vary = (
             ("Accept",) * negotiated
             + ("Save-Data",) * (options.quality is None and fmt is not Format.BLURHASH)
             + hinted
         )
-        return Request(key=key, source=source, vary=vary, bare=not own and "preset" not in control, timings=fetch)
+        return Transform.of(
+            self._fingerprint,
+            options=options,
+            format=fmt,
+            negotiated=negotiated,
+            save_data=save_data,
+            vary=vary,
+            bare=not own and "preset" not in control,
+            expires=control.get("expires"),
+            url=control.get("url"),
+        )
 
     async def prepare_meta(self, target: Target) -> Request:
         """`/meta`: the same signature rules and sources as images; no options."""
@@ -210,7 +267,7 @@ class ImageService:
         if items or "preset" in control:
             raise BadParameter((items[0][0] if items else "preset"), "/meta takes no options")
         started = time.perf_counter()
-        source = await self._locate(target, control)
+        source = await self._locate(target, control.get("url"))
         fetch = self._fetch_timing(target, started)
         return Request(key=MetaKey(source.identity, source.version), source=source, timings=fetch)
 
@@ -258,13 +315,20 @@ class ImageService:
             alt=extra.get("alt", ""),
         )
 
+    def cached(self, request: Request) -> Result | None:
+        """The local cache alone: what a hit costs, and all it costs."""
+        cached = self.cache.get(request.key)
+        if cached is None:
+            return None
+        self._local_hits.inc()
+        return Result(cached, tier="local", timings={})
+
     async def get(self, request: Request) -> Result:
         """Local cache, then (one caller per key) the shared tier, then a render written to both."""
-        cached = self.cache.get(request.key)
+        cached = self.cached(request)
         if cached is not None:
-            self.metrics.cache.labels("local", "hit").inc()
-            return Result(cached, tier="local", timings={})
-        self.metrics.cache.labels("local", "miss").inc()
+            return cached
+        self._local_misses.inc()
         started = time.perf_counter()
         (image, tier, timings), joined = await self.renders.run(request.key, lambda: self._find_or_render(request))
         if joined:  # the stages were someone else's: report only this request's own wait
@@ -323,15 +387,16 @@ class ImageService:
     def _transform(self, request: Request) -> tuple[CachedImage, dict[str, float]]:
         key = request.key
         assert isinstance(key, RenderKey)
+        transform = key.transform
         context = RenderContext(
             limits=self.settings.limits,
             formats=self.settings.formats,
-            negotiated=key.negotiated,
-            quality_drop=self.settings.formats.save_data_quality_drop if key.save_data else 0,
+            negotiated=transform.negotiated,
+            quality_drop=self.settings.formats.save_data_quality_drop if transform.save_data else 0,
             watermark=self.watermark,
             decoders=self.decoders,
         )
-        rendered = render(request.source.read(), key.options, key.format, context)
+        rendered = render(request.source.read(), transform.options, transform.format, context)
         media_type = rendered.format.media_type
         image = CachedImage(
             rendered.content, media_type, rendered.width, rendered.height, tuple(rendered.notes.items())
@@ -360,14 +425,13 @@ class ImageService:
 
     # --- sources ---
 
-    async def _locate(self, target: Target, control: dict[str, str]) -> Located:
+    async def _locate(self, target: Target, url: str | None) -> Located:
         if not target.remote:
-            if "url" in control:
+            if url is not None:
                 raise BadParameter("url", "only GET /img?url=... takes a URL")
             return await self.source.locate(check_key(target.key))
         if self.url_source is None:
             raise Forbidden("remote URLs are disabled on this server")
-        url = control.get("url")
         if url is None:
             raise BadParameter("url", "an absolute http:// or https:// URL is required")
         try:
@@ -431,6 +495,11 @@ class _OriginSource:
 
     async def locate(self, key: str) -> Located:
         return await self.remote.locate(self.base + quote(key, safe="/"))
+
+
+def _memo_key(target: Target) -> tuple[object, ...]:
+    """The request bytes a transform depends on: path, query (signature included), negotiating headers."""
+    return (target.raw_path, target.raw_query, target.remote, target.accept, target.save_data, *target.hints.items())
 
 
 def _widths(value: str, most: int) -> list[int]:

@@ -658,5 +658,8 @@ def test_max_size_clamp_property(
         assert geometry == unclamped
     else:
         assert geometry.size[0] == max_size[0] or geometry.size[1] == max_size[1]
-        assert_aspect_kept(geometry.size, unclamped.size)
+        # The free side follows the exact aspect ratio (the target's for cover/fill, else the region's),
+        # rounded once: not the already-rounded unclamped size, which would round twice.
+        exact = (w, h) if fit in (Fit.COVER, Fit.FILL) and w and h else dims(region)
+        assert_aspect_kept(geometry.size, exact)
         assert geometry.box == unclamped.box
