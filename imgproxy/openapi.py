@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from imgproxy.options import PARAMS, Format, Limits
 from imgproxy.settings import Settings
+from imgproxy.srcset import PASSED_ON
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -129,7 +130,7 @@ def srcset_parameters(limits: Limits, settings: Settings) -> list[dict[str, Any]
         },
         {"name": "alt", "in": "query", "required": False, "description": "Alt text.", "schema": {"type": "string"}},
     ]
-    passed_on = [p for p in query_parameters(limits, settings) if p["name"] not in ("w", "dpr", "resize", "s")]
+    passed_on = [p for p in query_parameters(limits, settings) if p["name"] in PASSED_ON]
     signature = [p for p in query_parameters(limits, settings) if p["name"] == "s"]
     return own + passed_on + signature
 

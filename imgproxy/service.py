@@ -278,9 +278,14 @@ class ImageService:
         signing.check_expiry(control.get("expires"), time.time())
         extra = {name: value for name, value in own if name in SRCSET_PARAMS}
         options = dict((name, value) for name, value in own if name not in SRCSET_PARAMS)
-        for name in options:
-            if canonical(name) in ("w", "dpr", "resize"):
-                raise BadParameter(name, "/srcset chooses the sizes: give w (fixed CSS width), widths or sizes")
+        for name, value in options.items():
+            if canonical(name) not in srcset.PASSED_ON:
+                raise BadParameter(
+                    name,
+                    "changes the output size, which /srcset computes; allowed: " + ", ".join(sorted(srcset.PASSED_ON)),
+                )
+            if canonical(name) == "fm" and value == Format.BLURHASH.value:
+                raise BadParameter(name, "blurhash is text: an <img> cannot show it")
         parse_options(list(options.items()), self.limits)  # a bad option fails here, not in every candidate
         fixed = _int_param(extra, "w", 1, self.limits.max_width // 3)
         widths = self.settings.srcset.widths

@@ -19,6 +19,12 @@ from typing import Any
 UrlFor = Callable[..., str]  # url_for(path, **options) -> URL (signed when the server has keys)
 
 PICTURE_TYPES = (("avif", "image/avif"), ("webp", "image/webp"))
+# The image options a candidate may carry: those that keep its width what its descriptor says
+# (crop, h, rot, pad, trim and the like would not, so /srcset refuses them).
+PASSED_ON = frozenset(
+    {"fm", "q", "bg", "flip", "blur", "sharpen", "brightness", "contrast", "saturation", "grayscale", "radius"}
+    | {"wm", "wm_g", "wm_o", "wm_s", "lossless", "colors", "progressive", "strip", "frame"}
+)
 
 
 @dataclass(frozen=True)
