@@ -20,7 +20,7 @@ from pydantic_settings import SettingsError
 from imgproxy import prerender
 from imgproxy.errors import ImageProxyError
 from imgproxy.metrics import MULTIPROC_ENV
-from imgproxy.options import Format, Limits, parse_options
+from imgproxy.options import Format, Limits, expand_preset, parse_options
 from imgproxy.pipeline.render import RenderContext
 from imgproxy.service import ImageService, Target
 from imgproxy.settings import Settings, UnknownSettingError, load_settings
@@ -103,15 +103,17 @@ def _srcset(settings: Settings, args: argparse.Namespace) -> int:
 
 def _render(settings: Settings, args: argparse.Namespace) -> int:
     limits = Limits(settings.limits.max_width, settings.limits.max_height, settings.formats.avif)
-    if args.preset and args.preset not in settings.presets:
-        print(f"imgproxy: unknown preset {args.preset!r}", file=sys.stderr)
-        return 2
-    base = parse_qsl(settings.presets[args.preset], keep_blank_values=True) if args.preset else []
-    base = [item for item in base + parse_qsl(args.options, keep_blank_values=True) if item[0] not in ("w", "fm")]
+    own = [item for item in parse_qsl(args.options, keep_blank_values=True) if item[0] not in ("w", "width", "fm")]
+
+    def variant(width: int) -> list[tuple[str, str]]:
+        """The preset, under the given options, under this variant's width and format (which always win)."""
+        items = [*own, ("w", str(width)), ("fm", args.format)]
+        return expand_preset(items, args.preset, settings.presets, presets_only=False)
+
     try:
         widths = [int(width) for width in args.widths.split(",")]
-        jobs = prerender.plan_jobs(args.source, args.out, base, widths, Format(args.format))
-        parse_options([*base, ("w", str(widths[0]))], limits)
+        parse_options(variant(widths[0]), limits)
+        jobs = prerender.plan_jobs(args.source, args.out, variant, widths, Format(args.format))
     except (ValueError, ImageProxyError) as exc:
         print(f"imgproxy: bad options: {getattr(exc, 'detail', exc)}", file=sys.stderr)
         return 2

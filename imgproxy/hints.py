@@ -29,20 +29,25 @@ def _hint(headers: Mapping[str, str], names: Sequence[str]) -> float | None:
 def resolve(
     items: list[tuple[str, str]], headers: Mapping[str, str], ladder: Sequence[int], fallback_width: int
 ) -> tuple[list[tuple[str, str]], tuple[str, ...]]:
-    """Replace `auto` sizes by hinted ones; also return the hint headers the response now varies on."""
+    """Replace `auto` sizes by hinted ones, in device pixels snapped up to the ladder (hint values are
+    arbitrary: unsnapped, each would be a cache entry of its own); also return the hint headers used."""
     width_auto = any(canonical(n) == "w" and v == "auto" for n, v in items)
     dpr_auto = any(canonical(n) == "dpr" and v == "auto" for n, v in items)
     if not (width_auto or dpr_auto):
         return items, ()
+    # `Width` is in physical pixels, so it already holds the density: with w=auto, dpr=auto is moot.
+    dpr = 1.0 if width_auto else min(max(_hint(headers, DPR_HINTS) or 1.0, 1.0), 4.0)
     resolved: list[tuple[str, str]] = []
     for name, value in items:
-        if value != "auto" or canonical(name) not in ("w", "dpr"):
-            resolved.append((name, value))
-        elif canonical(name) == "w":
-            width = _hint(headers, WIDTH_HINTS)  # physical pixels: any dpr is already in it
+        kind = canonical(name)
+        if kind == "dpr" and value == "auto":
+            continue  # folded into the sizes below
+        if kind == "w" and value == "auto":
+            width = _hint(headers, WIDTH_HINTS)
             resolved.append((name, str(snap_up(round(width) if width else fallback_width, ladder))))
-        elif not width_auto:  # dpr=auto with an explicit CSS width
-            dpr = _hint(headers, DPR_HINTS) or 1.0
-            resolved.append((name, f"{min(max(dpr, 1.0), 4.0):g}"))
+        elif kind in ("w", "h") and dpr_auto and not width_auto and value.isascii() and value.isdigit():
+            resolved.append((name, str(snap_up(round(int(value) * dpr), ladder))))
+        else:
+            resolved.append((name, value))
     used = (WIDTH_HINTS if width_auto else ()) + (DPR_HINTS if dpr_auto and not width_auto else ())
     return resolved, used

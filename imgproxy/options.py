@@ -642,7 +642,7 @@ def expand_preset(
             raise BadParameter("preset", "this server only accepts preset=NAME")
         return items
     if preset not in presets:
-        raise BadParameter("preset", "unknown preset; known: " + ", ".join(sorted(presets)))
+        raise BadParameter("preset", f"unknown preset {preset[:64]!r}; known: " + ", ".join(sorted(presets)))
     items = _split_resize(items)
     given = {canonical(name) for name, _ in items}
     base = _split_resize(parse_qsl(presets[preset], keep_blank_values=True))

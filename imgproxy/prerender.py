@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,21 +48,28 @@ class Summary:
         )
 
 
-def images_under(root: Path) -> Iterator[Path]:
+def images_under(root: Path, skip: Path) -> Iterator[Path]:
+    """Images under `root`, except under `skip` (an output folder inside the source: no variants of variants)."""
+    skip = skip.resolve()
     for path in sorted(root.rglob("*")):
+        if path.resolve().is_relative_to(skip):
+            continue
         if path.is_file() and not path.is_symlink():
             with open(path, "rb") as handle:
                 if sniff_media_type(handle.read(SNIFF_BYTES)):
                     yield path
 
 
-def plan_jobs(root: Path, out: Path, base: Sequence[tuple[str, str]], widths: Sequence[int], fmt: Format) -> list[Job]:
+def plan_jobs(
+    root: Path, out: Path, variant: Callable[[int], Sequence[tuple[str, str]]], widths: Sequence[int], fmt: Format
+) -> list[Job]:
+    """One job per image and width; `variant(width)` gives that width's options."""
     jobs = []
-    for source in images_under(root):
+    for source in images_under(root, skip=out):
         relative = source.relative_to(root)
         for width in widths:
             name = f"{relative.stem}-{width}w.{EXTENSIONS[fmt]}"
-            jobs.append(Job(source, out / relative.parent / name, (*base, ("w", str(width)), ("fm", fmt.value))))
+            jobs.append(Job(source, out / relative.parent / name, tuple(variant(width))))
     return jobs
 
 
@@ -87,6 +94,8 @@ def run(jobs: Sequence[Job], context: RenderContext, limits: Limits, workers: in
                 summary.rendered += 1
             except ImageProxyError as exc:
                 summary.failed.append(f"{job.source}: {exc.detail}")
+            except OSError as exc:  # a full disk or an unwritable folder fails this variant, not the run
+                summary.failed.append(f"{job.target}: {exc.strerror or exc}")
             bar.update(1)
     return summary
 
@@ -97,7 +106,11 @@ def _render_one(job: Job, context: RenderContext, limits: Limits) -> int:
     rendered = render(job.source.read_bytes(), options, fmt, context)
     job.target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=job.target.parent, prefix=".partial-")
-    with os.fdopen(handle, "wb") as out:
-        out.write(rendered.content)
-    os.replace(temporary, job.target)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(rendered.content)
+        os.replace(temporary, job.target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)  # never leave half a file behind
+        raise
     return len(rendered.content)

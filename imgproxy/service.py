@@ -277,8 +277,11 @@ class ImageService:
         control, own = _split_control(target.query)
         signing.check_expiry(control.get("expires"), time.time())
         extra = {name: value for name, value in own if name in SRCSET_PARAMS}
-        options = dict((name, value) for name, value in own if name not in SRCSET_PARAMS)
-        for name, value in options.items():
+        passed = [(name, value) for name, value in own if name not in SRCSET_PARAMS]
+        parse_options(passed, self.limits)  # a bad or repeated option fails here, not in every candidate
+        # Canonical names: a candidate adds its own w and q, which must not meet an alias (width=, quality=).
+        options = {canonical(name) or name: value for name, value in passed}
+        for name, value in passed:  # named as the client spelt them
             if canonical(name) not in srcset.PASSED_ON:
                 raise BadParameter(
                     name,
@@ -286,7 +289,6 @@ class ImageService:
                 )
             if canonical(name) == "fm" and value == Format.BLURHASH.value:
                 raise BadParameter(name, "blurhash is text: an <img> cannot show it")
-        parse_options(list(options.items()), self.limits)  # a bad option fails here, not in every candidate
         fixed = _int_param(extra, "w", 1, self.limits.max_width // 3)
         widths = self.settings.srcset.widths
         if "widths" in extra:
@@ -309,6 +311,7 @@ class ImageService:
             widths=widths,
             ladder=self.settings.limits.ladder_widths,
             dpr_qualities=self.settings.srcset.dpr_qualities,
+            snap=self.settings.limits.ladder != "off" and not keys,  # signed URLs are always exact
         )
         return srcset.describe(
             target.key,

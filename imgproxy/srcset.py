@@ -59,7 +59,9 @@ def candidates(
     widths: Sequence[int],
     ladder: Sequence[int],
     dpr_qualities: Sequence[int],
+    snap: bool,
 ) -> list[Candidate]:
+    """`snap`: the server snaps unsigned sizes to the ladder, so fixed candidates name ladder widths too."""
     if width is None:
         return [
             Candidate(tuple({**options, "w": str(w)}.items()), w, f"{w}w")
@@ -67,10 +69,12 @@ def candidates(
         ]
     fixed = []
     for dpr, quality in enumerate(dpr_qualities, start=1):
-        query = {**options, "w": str(width), "q": options.get("q", str(quality))}  # an explicit q always wins
-        if dpr > 1:
-            query["dpr"] = str(dpr)
-        fixed.append(Candidate(tuple(query.items()), width * dpr, f"{dpr}x"))
+        device = snap_up(width * dpr, ladder) if snap else width * dpr
+        if dpr > 1 and device > intrinsic_width:
+            break  # denser than the source holds: the browser would get the same pixels, only worse
+        query = {**options, "q": options.get("q", str(quality))}  # an explicit q always wins
+        query.update({"w": str(device)} if snap or dpr == 1 else {"w": str(width), "dpr": str(dpr)})
+        fixed.append(Candidate(tuple(query.items()), device, f"{dpr}x"))
     return fixed
 
 
@@ -103,6 +107,7 @@ def describe(
         loading="lazy",
         decoding="async",
     )
+    explicit = dict(chosen[0].query).get("fm", "auto") != "auto"  # one format asked for: no alternatives
     sources = [
         _tag(
             "source",
@@ -110,7 +115,7 @@ def describe(
             srcset=", ".join(f"{c.url(path, url_for, fm=fmt)} {c.descriptor}" for c in chosen),
             sizes=sizes_attr,
         )
-        for fmt, media_type in PICTURE_TYPES
+        for fmt, media_type in ([] if explicit else PICTURE_TYPES)
     ]
     return {
         "intrinsic": {"width": intrinsic[0], "height": intrinsic[1]},
@@ -128,5 +133,7 @@ def describe(
 
 
 def _tag(name: str, **attributes: str | None) -> str:
-    rendered = " ".join(f'{key}="{html.escape(value, quote=True)}"' for key, value in attributes.items() if value)
+    rendered = " ".join(
+        f'{key}="{html.escape(value, quote=True)}"' for key, value in attributes.items() if value is not None
+    )
     return f"<{name} {rendered}>"
