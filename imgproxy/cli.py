@@ -23,7 +23,7 @@ from imgproxy.metrics import MULTIPROC_ENV
 from imgproxy.options import Format, Limits, expand_preset, parse_options
 from imgproxy.pipeline.render import RenderContext
 from imgproxy.service import ImageService, Target
-from imgproxy.settings import Settings, UnknownSettingError, load_settings
+from imgproxy.settings import Settings, UnknownSettingError, available_cpus, load_settings
 from imgproxy.signing import sign
 
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prerender.add_argument("--options", default="", help="options for every variant, e.g. 'fit=cover&h=400'")
     prerender.add_argument("--widths", default="320,640,1280", help="widths to render (default 320,640,1280)")
     prerender.add_argument("--format", default="webp", choices=["jpeg", "png", "webp", "avif", "gif"])
-    prerender.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    prerender.add_argument("--workers", type=int, default=available_cpus())
     prerender.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 

@@ -222,7 +222,9 @@ def target_from_scope(
     """The request as the service sees it, read from the raw ASGI scope (the first of repeated headers)."""
     headers: dict[bytes, str] = {}
     for name, value in scope["headers"]:
-        if name in NEGOTIATING_HEADERS:
+        if name == b"accept" and name in headers:  # repeated Accept headers mean one comma-joined list
+            headers[name] += ", " + value.decode("latin-1")
+        elif name in NEGOTIATING_HEADERS:
             headers.setdefault(name, value.decode("latin-1"))
     return Target(
         key=key,

@@ -27,6 +27,19 @@ SAMPLES_DIR = Path(__file__).parent / "samples"
 MIB = 1024 * 1024
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's limit),
+    not the node's core count, which would start 64 render threads in a 2-CPU pod."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(1, cpus)
+    if quota != "max" and int(period) > 0:
+        cpus = min(cpus, -(-int(quota) // int(period)))  # rounded up: 1.5 CPUs get 2 threads
+    return max(1, cpus)
+
+
 def default_ladder(start: int = 16, stop: int = 4096, step: float = 0.08) -> list[int]:
     """Widths about 8% apart from `start` to `stop`, rounded to even numbers."""
     widths = [start]
@@ -100,7 +113,7 @@ class LimitsSettings(Group):
     max_source_bytes: int = Field(50 * MIB, ge=1, description="byte budget of a source file")
     max_width: int = Field(8192, ge=1, le=65535, description="largest output width")
     max_height: int = Field(8192, ge=1, le=65535, description="largest output height")
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, description="renders at once")
+    workers: int = Field(default_factory=available_cpus, ge=1, description="renders at once")
     max_queue: int | None = Field(None, ge=0, description="renders allowed to wait; default 4 x workers")
     render_timeout: float = Field(10.0, gt=0, description="seconds a render may take before a 503")
     ladder: Literal["off", "snap", "strict"] = Field("off", description="width ladder for unsigned requests")

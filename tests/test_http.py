@@ -1063,3 +1063,11 @@ def test_nested_path_and_bytes_roundtrip(client: TestClient, source_root: Path) 
     image = assert_image_response(response, "image/png")
     with Image.open(source_root / "sub" / "nested.png") as expected:
         assert image.convert("RGB").tobytes() == expected.convert("RGB").tobytes()
+
+
+def test_repeated_accept_headers_are_one_list(client: TestClient) -> None:
+    """RFC 9110: repeated headers mean their comma-joined list; a cache that joins them keys on the same bucket."""
+    split = client.get("/img/chelsea.png?w=40", headers=[("Accept", "image/png"), ("Accept", "image/avif")])
+    joined = client.get("/img/chelsea.png?w=40", headers={"Accept": "image/png, image/avif"})
+    assert split.headers["content-type"] == joined.headers["content-type"] == "image/avif"
+    assert split.headers["etag"] == joined.headers["etag"]

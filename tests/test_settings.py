@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from imgproxy.settings import SAMPLES_DIR, Settings, UnknownSettingError, load_settings
+import imgproxy.settings as settings_module
+from imgproxy.settings import SAMPLES_DIR, Settings, UnknownSettingError, available_cpus, load_settings
 
 MIB = 1024 * 1024
 
@@ -46,7 +47,7 @@ def test_defaults() -> None:
     assert settings.limits.max_source_pixels == 50_000_000
     assert settings.limits.max_width == 8192
     assert settings.limits.max_height == 8192
-    assert settings.limits.workers == (os.cpu_count() or 1)
+    assert settings.limits.workers == available_cpus()
     assert settings.limits.queue == 4 * settings.limits.workers
     assert settings.limits.max_queue is None
     assert settings.formats.avif is True
@@ -60,18 +61,35 @@ def test_queue_follows_the_worker_count() -> None:
     assert settings.limits.queue == 12
 
 
-def test_workers_default_to_the_cpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+def test_workers_default_to_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(7)))
     monkeypatch.setenv("IMGPROXY_LIMITS__MAX_WIDTH", "4000")  # builds the limits group afresh
     settings = load_settings(env_file=None)
-    assert settings.limits.workers == 7
-    assert settings.limits.queue == 28
+    assert settings.limits.workers == min(7, cgroup_cpus() or 7)
+    assert settings.limits.queue == 4 * settings.limits.workers
 
 
-def test_workers_default_to_one_when_the_cpu_count_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: None)
-    monkeypatch.setenv("IMGPROXY_LIMITS__MAX_WIDTH", "4000")
-    assert load_settings(env_file=None).limits.workers == 1
+@pytest.mark.parametrize(("cpu_max", "expected"), [("max 100000", 7), ("200000 100000", 2), ("150000 100000", 2)])
+def test_a_container_cpu_quota_caps_the_workers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpu_max: str, expected: int
+) -> None:
+    """In a 2-CPU pod on a big node, the node's core count would start far too many render threads."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(7)))
+    cpu_file = tmp_path / "cpu.max"
+    cpu_file.write_text(cpu_max + "\n")
+    real_path = settings_module.Path
+    monkeypatch.setattr(
+        settings_module, "Path", lambda p: cpu_file if str(p) == "/sys/fs/cgroup/cpu.max" else real_path(p)
+    )
+    assert available_cpus() == expected
+
+
+def cgroup_cpus() -> int | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else -(-int(quota) // int(period))
 
 
 # --- environment overrides ---
