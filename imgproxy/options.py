@@ -114,7 +114,7 @@ class Output:
 
     lossless: bool = False
     colors: int | None = None  # palette size for PNG and GIF
-    progressive: bool = True  # JPEG
+    progressive: bool | None = None  # JPEG; None: the server's default
     strip: bool = True  # False keeps EXIF (GPS is always removed)
 
 
@@ -513,7 +513,7 @@ PARAMS: tuple[Param, ...] = (
         (),
         lambda lim, v: _bool(v),
         lambda lim: {"type": "integer", "enum": [0, 1]},
-        "JPEG progressive encoding (default 1).",
+        "JPEG progressive encoding (default from the server's settings, normally 1).",
         "0",
     ),
     Param(
@@ -590,7 +590,7 @@ def _build(raw: dict[str, Any]) -> Options:
         output=Output(
             lossless=raw.get("lossless", False),
             colors=raw.get("colors"),
-            progressive=raw.get("progressive", True),
+            progressive=raw.get("progressive"),
             strip=raw.get("strip", True),
         ),
     )

@@ -137,6 +137,9 @@ class LimitsSettings(Group):
 class FormatSettings(Group):
     avif: bool = Field(True, description="offer AVIF output (negotiated and explicit)")
     jpeg_quality: int = Field(80, ge=1, le=100)
+    jpeg_progressive: bool = Field(
+        True, description="progressive JPEG: ~5% smaller and drawn as it loads, ~3x the encoding CPU of baseline"
+    )
     webp_quality: int = Field(80, ge=1, le=100)
     avif_quality: int = Field(60, ge=1, le=100)
     webp_method: int = Field(4, ge=0, le=6, description="WebP effort: 0 fast .. 6 small")

@@ -124,7 +124,8 @@ def gif_palette(image: Image.Image, colors: int) -> Image.Image:
 
 def _params(fmt: Format, quality: int, output: Output, settings: FormatSettings) -> dict[str, Any]:
     if fmt is Format.JPEG:
-        return {"quality": quality, "optimize": True, "progressive": output.progressive}
+        progressive = settings.jpeg_progressive if output.progressive is None else output.progressive
+        return {"quality": quality, "optimize": True, "progressive": progressive}
     if fmt is Format.WEBP:
         if output.lossless:
             return {"lossless": True, "quality": 100, "method": settings.webp_method}
