@@ -1,6 +1,6 @@
 """Run the shared peer harness (../shared/bench) with this project plugged in, then write
 bench/RESULTS.md (the peers' figures from the same run, the targets, the machine and versions) and
-bench/results.png (req/s and CPU ms per request, per peer and workload).
+bench/RESULTS.png (req/s and CPU ms per request, per peer and workload).
 
     .venv/bin/python bench/peers.py                          # W1-W5, 1 and 2 workers, 3 rounds (~1 h)
     .venv/bin/python bench/peers.py --rounds 1 --duration 5  # a quick look (~10 min)
@@ -24,7 +24,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT.parent / "shared" / "bench"
 RESULTS = ROOT / "bench" / "RESULTS.md"
-CHART = ROOT / "bench" / "results.png"
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
 FIGURES = (
     ("rps", 1),
@@ -114,7 +113,7 @@ def target_rows(table: dict[tuple[str, str], dict[str, float]]) -> list[str]:
     return rows
 
 
-def write(json_path: Path, command: str) -> None:
+def write(json_path: Path, command: str, output: Path) -> None:
     data = json.loads(json_path.read_text())
     meta, records = data["meta"], data["records"]
     table = medians(records)
@@ -135,7 +134,7 @@ def write(json_path: Path, command: str) -> None:
         "Workloads: W1 12 MP JPEG → 300 px WebP (cold), W2 same → JPEG, W3 1.9 MP JPEG → 800 px JPEG, "
         "W4 3 MP RGBA PNG → 200 px PNG, W5 W1's URL repeated (hot).",
         "",
-        "![req/s and CPU ms per request](results.png)",
+        f"![req/s and CPU ms per request]({output.with_suffix('.png').name})",
         "",
         "## Targets",
         "",
@@ -152,12 +151,12 @@ def write(json_path: Path, command: str) -> None:
             if row:
                 cells = [f"{row.get(key, 0):.{digits}f}" for key, digits in FIGURES]
                 lines.append(f"| {config} | {workload} | " + " | ".join(cells) + " |")
-    lines += ["", f"Raw per-round records: `{json_path.relative_to(ROOT)}` (not committed)."]
-    RESULTS.write_text("\n".join(lines) + "\n")
-    chart(table, configs)
+    lines += ["", f"Raw per-round records: `{json_path.resolve().relative_to(ROOT)}` (not committed)."]
+    output.write_text("\n".join(lines) + "\n")
+    chart(table, configs, output.with_suffix(".png"))
 
 
-def chart(table: dict[tuple[str, str], dict[str, float]], configs: list[str]) -> None:
+def chart(table: dict[tuple[str, str], dict[str, float]], configs: list[str], path: Path) -> None:
     import matplotlib  # noqa: PLC0415  (a benchmark-only dependency)
 
     matplotlib.use("Agg")
@@ -179,7 +178,7 @@ def chart(table: dict[tuple[str, str], dict[str, float]], configs: list[str]) ->
         axis.grid(axis="y", alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
     figure.tight_layout()
-    figure.savefig(CHART, dpi=110)
+    figure.savefig(path, dpi=110)
 
 
 def _git_head() -> str:
@@ -196,11 +195,12 @@ def main() -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--peers", default="", help="harness PEERS (default: all)")
     parser.add_argument("--report", type=Path, help="only rewrite RESULTS.md and the chart from a harness .json")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="report path (the chart goes beside it)")
     args = parser.parse_args()
     command = "bench/peers.py " + " ".join(sys.argv[1:])
     json_path = args.report or run_harness(args)
-    write(json_path, command.strip())
-    print(RESULTS)
+    write(json_path, command.strip(), args.output)
+    print(args.output)
     return 0
 
 
