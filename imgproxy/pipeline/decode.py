@@ -52,6 +52,8 @@ def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int, decoders: tupl
     """Identify the image from its header and refuse it before decoding if it is over budget.
 
     The budget here is for one frame; animations are budgeted as a whole by the caller."""
+    if data[:4] == b"\x00\x00\x01\x00":
+        _check_icon(data, max_pixels)  # Pillow decodes an icon's image inside Image.open itself
     image = guarded(lambda: Image.open(io.BytesIO(data), formats=decoders))
     width, height = image.size
     if width < 1 or height < 1:
@@ -64,6 +66,20 @@ def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int, decoders: tupl
         if data.count(b"\xff\xda") > max_jpeg_scans:
             raise UnsupportedImage("the progressive JPEG has more scans than this server decodes")
     return image
+
+
+def _check_icon(data: bytes, max_pixels: int) -> None:
+    """An icon's directory says 16x16 but an embedded PNG can be anything: read each PNG's own header
+    (IHDR) before Pillow decodes it."""
+    count = int.from_bytes(data[4:6], "little")
+    for index in range(min(count, 256)):
+        entry = data[6 + 16 * index : 22 + 16 * index]
+        offset = int.from_bytes(entry[12:16], "little")
+        head = data[offset : offset + 24]
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+            if width * height > max_pixels:
+                raise SourceTooLarge(f"the icon holds a {width}x{height} image, over this server's budget")
 
 
 def frame_count(image: Image.Image) -> int:

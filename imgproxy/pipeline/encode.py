@@ -89,7 +89,9 @@ def encode(
         elif fmt is not Format.GIF:  # GIF plays once without a loop extension; WebP and AVIF need loop=1
             params["loop"] = 1
         if fmt is Format.GIF and frames.disposal:
-            params["disposal"] = frames.disposal
+            # One value when all agree: Pillow merges identical frames, and a list no longer fits then.
+            uniform = len(set(frames.disposal)) == 1
+            params["disposal"] = frames.disposal[0] if uniform else frames.disposal
     out = io.BytesIO()
     images[0].save(out, PILLOW_NAME[fmt], **params)
     return out.getvalue()

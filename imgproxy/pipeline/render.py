@@ -7,12 +7,13 @@ encoder settings and the watermark arrive as arguments.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
-from imgproxy.errors import BadParameter, SourceTooLarge
+from imgproxy.errors import BadParameter, ImageProxyError, SourceTooLarge, UnsupportedImage
 from imgproxy.options import Format, Options
 from imgproxy.pipeline import attention, blurhash, decode
 from imgproxy.pipeline.color import to_srgb
@@ -21,6 +22,8 @@ from imgproxy.pipeline.geometry import Geometry, plan, scale_box
 from imgproxy.pipeline.steps import STEPS, Plan
 from imgproxy.pipeline.trim import trim_box
 from imgproxy.settings import FormatSettings, LimitsSettings
+
+LOG = logging.getLogger("imgproxy.error")
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,20 @@ class Rendered:
 
 
 def render(data: bytes, options: Options, fmt: Format, context: RenderContext) -> Rendered:
-    """Render `data` per `options` (dpr folded in) to `fmt` (`AUTO` = JPEG, or PNG with alpha)."""
+    """Render `data` per `options` (dpr folded in) to `fmt` (`AUTO` = JPEG, or PNG with alpha).
+
+    Hostile bytes can also trip Pillow after decoding (a conversion, an encoder): whatever escapes as
+    something other than the service's own errors is logged and answered as an unprocessable image."""
+    try:
+        return _render(data, options, fmt, context)
+    except ImageProxyError:
+        raise
+    except Exception:
+        LOG.exception("rendering failed on a source that decoded")
+        raise UnsupportedImage("the image could not be processed") from None
+
+
+def _render(data: bytes, options: Options, fmt: Format, context: RenderContext) -> Rendered:
     start = time.perf_counter()
     limits = context.limits
     image = decode.open_image(data, limits.max_source_pixels, limits.max_jpeg_scans, context.decoders)
@@ -84,7 +100,9 @@ def render(data: bytes, options: Options, fmt: Format, context: RenderContext) -
         first = first.convert("RGBA")  # every frame in one mode: later frames may gain transparency
     frames = Frames([_apply_steps(first, step_plan)])
     if frame_count > 1:
-        frames = _animation(image, first=frames, count=frame_count, orient=orient, trimmed=trimmed, step_plan=step_plan)
+        frames = _animation(
+            image, first=frames, count=frame_count, orient=orient, trimmed=trimmed, step_plan=step_plan, limits=limits
+        )
     transformed = time.perf_counter()
 
     quality = quality_for(out_format, options.quality, context.formats, context.quality_drop)
@@ -112,6 +130,8 @@ def _frames_to_render(image: Image.Image, options: Options, fmt: Format, limits:
         if options.frame >= min(count, limits.max_frames):  # seeking decodes every frame before it
             raise BadParameter("frame", f"must be below {min(count, limits.max_frames)} (frames of the source)")
         frame = options.frame
+        if image.width * image.height * (frame + 1) > limits.max_source_pixels:  # each frame sought is decoded
+            raise SourceTooLarge(f"reaching frame {frame} decodes more pixels than this server's budget")
         decode.guarded(lambda: image.seek(frame))
         return 1
     if count == 1 or not (fmt.animated or fmt is Format.AUTO):
@@ -150,12 +170,20 @@ def _animation(
     orient: int,
     trimmed: tuple[float, ...] | None,
     step_plan: Plan,
+    limits: LimitsSettings,
 ) -> Frames:
     """Every frame through the same steps, with the source's durations, loop count and disposal."""
     loop = image.info.get("loop")
     frames = Frames(first.images, durations=[], loop=None if loop is None else int(loop), disposal=[])
+    pixels = 0
     for index in range(count):
         decode.guarded(lambda i=index: image.seek(i))  # type: ignore[misc]
+        # A later GIF frame can grow the canvas: count every frame at its real size against the budget.
+        pixels += image.width * image.height
+        if pixels > limits.max_source_pixels:
+            if limits.strict_animation:
+                raise SourceTooLarge("the animation's frames hold more pixels than this server's budget")
+            return Frames(first.images[:1])  # over budget: the first frame only, as documented
         decode.guarded(image.load)  # some decoders (WebP) only fill in the frame's duration once loaded
         frames.durations.append(int(image.info.get("duration", 100)))
         frames.disposal.append(int(getattr(image, "disposal_method", 0)))
