@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="On-the-fly image transformation: resize, crop, convert, negotiate, cache.",
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect would build its Location from the client's Host header
     app.state.service = service
     router = build_router(service)
     app.include_router(router)

@@ -680,8 +680,6 @@ def _animations() -> list[Hostile]:
             ok,
             size=(16, 16),
             fmt="GIF",
-            bug="identical frames with different disposals: Pillow's single-frame writer still gets the disposal"
-            " list (a 415 since render() maps the TypeError; a correct GIF is expected)",
         )
     )
     add(

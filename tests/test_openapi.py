@@ -24,6 +24,7 @@ def test_every_operation_has_a_unique_id_and_documented_errors(client: TestClien
 def test_srcset_documents_its_own_parameters_and_the_image_options(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     names = {p["name"] for p in spec["paths"]["/srcset/{path}"]["get"]["parameters"]}
-    assert {"w", "widths", "sizes", "alt", "fm", "q", "fit"} <= names
+    assert {"w", "widths", "sizes", "alt", "fm", "q", "blur"} <= names
+    assert not {"fit", "h", "crop", "rot"} & names  # they would change a candidate's width
     image_names = {p["name"] for p in spec["paths"]["/img/{path}"]["get"]["parameters"]}
     assert {param.name for param in PARAMS} <= image_names

@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageChops, ImageOps
 
 from imgproxy.errors import BadParameter
 from imgproxy.options import Format, Output
@@ -78,6 +78,8 @@ def encode(
     if max(first.size) > MAX_SIDE[fmt]:
         side = "w" if first.width >= first.height else "h"
         raise BadParameter(side, f"{fmt.value} output is limited to {MAX_SIDE[fmt]} px per side")
+    if fmt is Format.GIF and len(frames.images) > 1:
+        frames = _merge_repeats(frames)
     images = [_prepare(image, fmt, output) for image in frames.images]
     params = _params(fmt, quality, output, settings)
     if exif is not None and fmt is not Format.GIF:
@@ -95,6 +97,23 @@ def encode(
     out = io.BytesIO()
     images[0].save(out, PILLOW_NAME[fmt], **params)
     return out.getvalue()
+
+
+def _merge_repeats(frames: Frames) -> Frames:
+    """Merge consecutive identical frames (adding their durations) before the GIF writer does it itself:
+    its own merging leaves the per-frame disposal list one entry too long."""
+    merged = Frames([frames.images[0]], [frames.durations[0]], frames.loop, [frames.disposal[0]])
+    for image, duration, disposal in zip(frames.images[1:], frames.durations[1:], frames.disposal[1:], strict=True):
+        if (
+            image.size == merged.images[-1].size
+            and ImageChops.difference(image, merged.images[-1]).getbbox(alpha_only=False) is None
+        ):
+            merged.durations[-1] += duration
+        else:
+            merged.images.append(image)
+            merged.durations.append(duration)
+            merged.disposal.append(disposal)
+    return merged
 
 
 def _prepare(image: Image.Image, fmt: Format, output: Output) -> Image.Image:
