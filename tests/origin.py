@@ -53,7 +53,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"  # ../shared beside the repo
 REPO_IMAGES = Path(__file__).parent / "images"
 SAMPLES = Path(__file__).parent.parent / "imgproxy" / "samples"
 METADATA_URL = "http://169.254.169.254/latest/meta-data"

@@ -48,7 +48,7 @@ from tests.hostile import report
 PIPELINE_EXAMPLES = int(os.environ.get("IMGPROXY_FUZZ_EXAMPLES", "300"))
 PARSER_EXAMPLES = int(os.environ.get("IMGPROXY_PARSER_EXAMPLES", "200"))
 DERANDOMIZE = os.environ.get("IMGPROXY_FUZZ_RANDOM", "") != "1"
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"  # ../shared beside the repo
 REPO_IMAGES = Path(__file__).parent / "images"
 PROBLEM = "application/problem+json"
 SECRET_SIZE = (7, 3)  # the file outside the root: a response of this size would be a leak
