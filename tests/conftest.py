@@ -97,3 +97,19 @@ def decode(content: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(content))
     image.load()
     return image
+
+
+def assert_problem(response: Any, status: int, param: str | None = None) -> dict[str, Any]:
+    """An RFC 9457 problem document with this status: never cached, never sniffed, never a cache hit."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "etag" not in response.headers and "x-cache" not in response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    if param is not None:
+        assert body["param"] == param, body
+    return body

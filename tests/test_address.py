@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -15,18 +14,9 @@ from imgproxy.app import create_app
 from imgproxy.errors import Forbidden, OriginUnreachable
 from imgproxy.settings import Settings
 from imgproxy.sources.address import host_allowed, is_public, resolve
+from tests.conftest import assert_problem
 
 MakeClient = Callable[..., TestClient]
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    assert response.headers["cache-control"] == "no-store"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
 
 
 # --- is_public ---------------------------------------------------------------------------------------------------

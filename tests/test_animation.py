@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from imgproxy.app import create_app
 from imgproxy.settings import Settings
-from tests.conftest import decode
+from tests.conftest import assert_problem, decode
 
 MakeClient = Callable[..., TestClient]
 Colour = tuple[int, int, int]
@@ -125,16 +125,6 @@ def centre_colour(pixels: np.ndarray) -> Colour:
 
 def close(actual: Colour, expected: Colour, tolerance: int) -> bool:
     return max(abs(a - e) for a, e in zip(actual, expected, strict=True)) <= tolerance
-
-
-def assert_problem(response: Any, status: int, param: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    if param is not None:
-        assert body["param"] == param
-    return body
 
 
 # --- frames, durations, loop, disposal ---

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from imgproxy.app import create_app
 from imgproxy.settings import Settings
-from tests.conftest import decode
+from tests.conftest import assert_problem, decode
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -50,18 +50,6 @@ def fetch(client: TestClient, url: str, accept: str | None = None) -> tuple[http
 
 def vary(response: httpx.Response) -> set[str]:
     return {item.strip().lower() for item in response.headers.get("vary", "").split(",") if item.strip()}
-
-
-def assert_problem(response: httpx.Response, status: int, param: str | None = None) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    assert response.headers["cache-control"] == "no-store"
-    assert "x-cache" not in response.headers
-    body: dict[str, object] = response.json()
-    assert body["status"] == status
-    if param is not None:
-        assert body["param"] == param
-    return body
 
 
 def mean(image: Image.Image, box: tuple[int, int, int, int] | None = None, mode: str = "RGB") -> tuple[float, ...]:

@@ -28,7 +28,7 @@ from imgproxy.openapi import ImageFacts
 from imgproxy.pipeline import blurhash as ours
 from imgproxy.settings import SAMPLES_DIR, Settings
 from imgproxy.signing import sign
-from tests.conftest import IMAGES, decode
+from tests.conftest import IMAGES, assert_problem, decode
 
 MakeClient = Callable[..., TestClient]
 
@@ -124,14 +124,6 @@ def facts(client: TestClient, path: str) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert set(body) == FIELDS
     ImageFacts.model_validate(body)  # the schema the OpenAPI document publishes
-    return body
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == PROBLEM
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
     return body
 
 

@@ -23,7 +23,7 @@ import imgproxy.sources.address
 from imgproxy.app import create_app
 from imgproxy.settings import Settings
 from imgproxy.sources.address import host_allowed
-from tests.conftest import decode
+from tests.conftest import assert_problem, decode
 from tests.origin import (
     Origin,
     closed_port,
@@ -39,18 +39,6 @@ MIB = 1024 * 1024
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    """An RFC 9457 error, never cached by anyone and never a result-cache hit."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    assert response.headers["cache-control"] == "no-store"
-    assert response.headers.get("x-cache") != "HIT"
-    assert "etag" not in response.headers
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
 
 
 def assert_image(response: httpx.Response, fmt: str, width: int, source: str | None = None) -> Image.Image:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.testclient import TestClient
 
 from imgproxy.settings import LimitsSettings, Settings, default_ladder
-from tests.conftest import decode
+from tests.conftest import assert_problem, decode
 
 KEY = "k3y-0123456789abcdefXYZ"
 PRESETS = {"thumb": "w=200&h=200&fit=cover", "wide": "width=250", "png": "fm=png&q=50"}
@@ -32,16 +32,6 @@ def signed(target: str, key: str = KEY) -> str:
 def snap_up(value: int, ladder: list[int]) -> int:
     """The first ladder width at or above `value` (the top one when `value` is above it)."""
     return next((width for width in ladder if width >= value), ladder[-1])
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    assert response.headers["cache-control"] == "no-store"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
 
 
 def image_size(response: Any) -> tuple[int, int]:

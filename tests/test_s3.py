@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 import imgproxy.sources.s3
 from imgproxy.sources.http import Validators
-from tests.conftest import decode
+from tests.conftest import assert_problem, decode
 from tests.origin import (
     Origin,
     closed_port,
@@ -125,13 +125,6 @@ def get_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Validators | N
 def s3_client(make_client: MakeClient, endpoint: str, **groups: Any) -> TestClient:
     source = {"s3_bucket": BUCKET, "s3_endpoint_url": endpoint, **groups.pop("source", {})}
     return make_client(source=source, **groups)
-
-
-def assert_problem(response: httpx.Response, status: int) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    assert response.headers["cache-control"] == "no-store"
-    assert response.json()["status"] == status
 
 
 def assert_image(response: httpx.Response, fmt: str, width: int, source: str) -> Image.Image:

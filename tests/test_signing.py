@@ -28,7 +28,7 @@ from imgproxy.client import ImageUrls
 from imgproxy.errors import BadParameter, Forbidden
 from imgproxy.options import Fit, Format
 from imgproxy.settings import SecuritySettings, Settings
-from tests.conftest import decode
+from tests.conftest import assert_problem, decode
 
 KEY = "k3y-0123456789abcdefXYZ"  # the README's example key
 KEY2 = "rotated-key-9876543210-ABCdef"
@@ -50,17 +50,6 @@ def expected_sig(key: str, message: str) -> str:
 
 def signed(target: str, key: str = KEY) -> str:
     return target + ("&" if "?" in target else "?") + "s=" + expected_sig(key, target)
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    assert response.headers["cache-control"] == "no-store"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
 
 
 def image_size(response: Any) -> tuple[int, int]:

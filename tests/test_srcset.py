@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from imgproxy.settings import default_ladder
 from imgproxy.signing import sign
-from tests.conftest import decode
+from tests.conftest import assert_problem, decode
 
 MakeClient = Callable[..., TestClient]
 
@@ -61,14 +61,6 @@ def fetch_width(client: TestClient, url: str, media_type: str | None = None) -> 
 
 def options_of(url: str) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-
-
-def assert_problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].split(";")[0] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
 
 
 class Tags(HTMLParser):

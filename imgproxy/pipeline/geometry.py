@@ -16,7 +16,7 @@ from imgproxy.options import Fit, Gravity, Options, Rect
 
 Box = tuple[float, float, float, float]
 
-_ANCHORS: dict[Gravity, tuple[float, float]] = {
+ANCHORS: dict[Gravity, tuple[float, float]] = {
     Gravity.CENTER: (0.5, 0.5),
     Gravity.NORTH: (0.5, 0.0),
     Gravity.SOUTH: (0.5, 1.0),
@@ -132,7 +132,7 @@ def _cover_box(region: Box, size: tuple[int, int], options: Options) -> Box:
         x = min(max(fx * rw - cw / 2, 0.0), rw - cw)
         y = min(max(fy * rh - ch / 2, 0.0), rh - ch)
     else:
-        ax, ay = _ANCHORS.get(options.gravity, (0.5, 0.5))  # smart/face: centred until attention moves it
+        ax, ay = ANCHORS.get(options.gravity, (0.5, 0.5))  # smart/face: centred until attention moves it
         x, y = (rw - cw) * ax, (rh - ch) * ay
     # Clamped to the region: float steps must not push the box a hair outside it.
     return (max(left, left + x), max(top, top + y), min(right, left + x + cw), min(bottom, top + y + ch))

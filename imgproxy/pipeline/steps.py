@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter
 
-from imgproxy.options import Flip, Format, Gravity, Options
-from imgproxy.pipeline.geometry import Geometry
+from imgproxy.options import Flip, Format, Options
+from imgproxy.pipeline.geometry import ANCHORS, Geometry
 
 ALPHA_FORMATS = frozenset({Format.PNG, Format.WEBP, Format.AVIF, Format.GIF})
 WHITE = (255, 255, 255, 255)
@@ -151,17 +151,6 @@ def round_corners(image: Image.Image, plan: Plan) -> Image.Image:
     return rounded
 
 
-_WATERMARK_ANCHORS = {
-    Gravity.CENTER: (0.5, 0.5),
-    Gravity.NORTH: (0.5, 0.0),
-    Gravity.SOUTH: (0.5, 1.0),
-    Gravity.EAST: (1.0, 0.5),
-    Gravity.WEST: (0.0, 0.5),
-    Gravity.NORTHEAST: (1.0, 0.0),
-    Gravity.NORTHWEST: (0.0, 0.0),
-    Gravity.SOUTHEAST: (1.0, 1.0),
-    Gravity.SOUTHWEST: (0.0, 1.0),
-}
 WATERMARK_MARGIN = 0.02  # of the output's shorter side, between the watermark and the edge
 
 
@@ -174,7 +163,7 @@ def watermark(image: Image.Image, plan: Plan) -> Image.Image:
     mark = mark.resize((width, height), Image.Resampling.LANCZOS)
     alpha = mark.getchannel("A").point(lambda value: round(value * spec.opacity))
     margin = round(min(image.size) * WATERMARK_MARGIN)
-    ax, ay = _WATERMARK_ANCHORS[spec.gravity]
+    ax, ay = ANCHORS[spec.gravity]
     x = round(margin + (image.width - width - 2 * margin) * ax)
     y = round(margin + (image.height - height - 2 * margin) * ay)
     base = image.convert("RGBA") if image.mode == "RGBA" else image.convert("RGB")
