@@ -290,16 +290,7 @@ class ImageService:
             if canonical(name) == "fm" and value == Format.BLURHASH.value:
                 raise BadParameter(name, "blurhash is text: an <img> cannot show it")
         fixed = _int_param(extra, "w", 1, self.limits.max_width // 3)
-        widths = self.settings.srcset.widths
-        if "widths" in extra:
-            parts = extra["widths"].split(",")
-            if len(parts) > 32 or not all(
-                p.isascii() and p.isdigit() and 1 <= int(p) <= self.limits.max_width for p in parts
-            ):
-                raise BadParameter(
-                    "widths", f"must be up to 32 comma-separated widths from 1 to {self.limits.max_width}"
-                )
-            widths = [int(p) for p in parts]
+        widths = _widths(extra["widths"], self.limits.max_width) if "widths" in extra else self.settings.srcset.widths
         facts = await self.get(await self.prepare_meta(replace(target, query=())))
         info = json.loads(facts.image.content)
         keys = self.settings.security.keys

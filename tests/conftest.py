@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 from starlette.testclient import TestClient
@@ -113,3 +117,27 @@ def assert_problem(response: Any, status: int, param: str | None = None) -> dict
     if param is not None:
         assert body["param"] == param, body
     return body
+
+
+@contextmanager
+def serving(app: Any, timeout: float = 15.0, **config: Any) -> Iterator[str]:
+    """`app` in a real uvicorn, in a thread, on a port the OS picked; yields its origin; always stopped."""
+    options = {"host": "127.0.0.1", "port": 0, "lifespan": "on", "ws": "none", "log_level": "warning", **config}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    thread = threading.Thread(target=server.run, name="uvicorn-under-test", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            assert thread.is_alive(), "the server thread ended before it started serving"
+            assert time.monotonic() < deadline, "the server did not start in time"
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():  # only when shutdown hangs
+            server.force_exit = True
+            thread.join(timeout)
+        assert not thread.is_alive()

@@ -22,13 +22,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 from starlette.testclient import TestClient
 
 import imgproxy.sources.address
 from imgproxy.app import create_app
 from imgproxy.settings import Settings
+from tests.conftest import serving
 from tests.hostile import report, rss_kib
 from tests.origin import Origin, origin_fixture  # noqa: F401  (the `origin` fixture)
 
@@ -430,39 +430,6 @@ def test_huge_origins_are_cut_at_the_byte_budget(
 # --- a thousand concurrent requests against a real server -----------------------------------------------------
 
 
-class Live:
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            lifespan="on",
-            ws="none",
-            log_level="error",
-            access_log=False,
-            backlog=2048,
-            limit_concurrency=None,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-abuse", daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        if self.thread.is_alive():  # pragma: no cover - only when shutdown hangs
-            self.server.force_exit = True
-            self.thread.join(15)
-
-
 def photo(root: Path) -> None:
     """A 1600x1200 photo-like JPEG: each render takes real time, so the queue fills."""
     image = Image.linear_gradient("L").resize((1600, 1200)).convert("RGB")
@@ -495,7 +462,7 @@ def test_a_thousand_concurrent_requests(tmp_path: Path) -> None:
     )
     app = create_app(settings)
     limiter = app.state.service.limiter
-    with Live(app) as base:
+    with serving(app, log_level="error", access_log=False, backlog=2048, limit_concurrency=None) as base:
         before = rss_kib()
         peak = [before]
         waiting = [0]  # renders waiting for a worker, sampled: the queue must never pass max_queue

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 from starlette.testclient import TestClient
 
 from imgproxy.app import create_app
 from imgproxy.settings import Settings
+from tests.conftest import serving
 
 try:
     from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
@@ -72,30 +70,9 @@ SRCSET_LOADED = """() => {
 # --- the server ---
 
 
-@contextmanager
-def running(settings: Settings) -> Iterator[str]:
+def running(settings: Settings) -> AbstractContextManager[str]:
     """The app in a real uvicorn, in a thread, on a port the OS picked; its origin; always stopped."""
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="none"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-playground", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not server.started:
-            assert thread.is_alive(), "the server thread ended before it started serving"
-            assert time.monotonic() < deadline, "the server did not start in time"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
-        if thread.is_alive():  # pragma: no cover - only when shutdown hangs
-            server.force_exit = True
-            thread.join(TIMEOUT)
-    assert not thread.is_alive()
+    return serving(create_app(settings), timeout=TIMEOUT)
 
 
 @pytest.fixture

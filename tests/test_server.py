@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from imgproxy.app import create_app
 from imgproxy.settings import Settings
-from tests.conftest import decode
+from tests.conftest import decode, serving
 
 pytestmark = pytest.mark.server
 
@@ -65,34 +63,8 @@ class Live:
 def live(source_root: Path) -> Iterator[Live]:
     """The real app in a real uvicorn, in a thread, on a port the OS picked; always stopped afterwards."""
     settings = Settings(_env_file=None, source={"local_root": source_root}, limits={"workers": 2})
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=0,
-        lifespan="on",
-        ws="none",
-        log_level="warning",
-        access_log=False,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-under-test", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not server.started:
-            assert thread.is_alive(), "the server thread ended before it started serving"
-            assert time.monotonic() < deadline, "the server did not start in time"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Live("127.0.0.1", port)
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
-        if thread.is_alive():  # pragma: no cover - only when shutdown hangs
-            server.force_exit = True
-            thread.join(TIMEOUT)
-    assert not thread.is_alive()
+    with serving(create_app(settings), timeout=TIMEOUT, access_log=False, server_header=False) as origin:
+        yield Live("127.0.0.1", int(origin.rsplit(":", 1)[1]))
 
 
 @pytest.fixture
