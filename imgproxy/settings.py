@@ -145,6 +145,10 @@ class FormatSettings(Group):
     webp_method: int = Field(4, ge=0, le=6, description="WebP effort: 0 fast .. 6 small")
     avif_speed: int = Field(8, ge=0, le=10, description="AVIF effort: 0 slow/small .. 10 fast")
     png_compress_level: int = Field(6, ge=0, le=9, description="zlib level; 9 is ~5% smaller and 6x slower")
+    resample: Literal["bicubic", "lanczos"] = Field(
+        "bicubic",
+        description="final resampling filter: lanczos is a little sharper, ~1.5x the CPU, 4-18% larger outputs",
+    )
     avif_max_megapixels: float = Field(2.0, gt=0, description="larger negotiated AVIF outputs fall back to WebP")
     save_data_quality_drop: int = Field(20, ge=0, le=99, description="default quality drop for Save-Data: on")
 

@@ -142,7 +142,8 @@ def ops(ops_root: Path) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def wm_client(ops_root: Path) -> Iterator[TestClient]:
-    yield from _serve(ops_root, watermark={"path": "wm.png"})
+    # The goldens start from a Lanczos resize: the effects are compared over the same filter.
+    yield from _serve(ops_root, watermark={"path": "wm.png"}, formats={"resample": "lanczos"})
 
 
 # --- helpers ---
@@ -197,6 +198,25 @@ def crop_origin(output: Image.Image, scene: Image.Image) -> tuple[int, int]:
 
 
 # --- effects against the goldens ---
+
+
+@pytest.mark.parametrize(
+    ("setting", "filter_"), [(None, Image.Resampling.BICUBIC), ("lanczos", Image.Resampling.LANCZOS)]
+)
+def test_resample_setting_picks_the_final_filter(
+    make_client: MakeClient, ops_root: Path, setting: str | None, filter_: Image.Resampling
+) -> None:
+    """The default filter is bicubic; `resample=lanczos` switches to Lanczos. Each output is closer to
+    a plain Pillow resize with its own filter than to one with the other filter."""
+    formats = {} if setting is None else {"resample": setting}
+    client = make_client(source={"local_root": ops_root}, formats=formats)
+    _, output = fetch(client, "/img/chelsea.png?fm=png&w=101")  # 451 → 101: reduce(2), then the filter
+    source = load(SAMPLES_DIR / "chelsea.png").convert("RGB")
+    size = output.size
+    other = Image.Resampling.LANCZOS if filter_ is Image.Resampling.BICUBIC else Image.Resampling.BICUBIC
+    own = mean_diff(array(output, "RGB"), array(source.resize(size, filter_, reducing_gap=2.0), "RGB"))
+    wrong = mean_diff(array(output, "RGB"), array(source.resize(size, other, reducing_gap=2.0), "RGB"))
+    assert own < 0.05 < wrong, (own, wrong)
 
 
 @pytest.mark.parametrize("name", sorted(make_golden.GOLDENS))
@@ -674,8 +694,9 @@ def test_lossless_webp_is_exact(ops: TestClient, name: str) -> None:
 
 def test_lossless_png_is_exact_and_avif_nearly(ops: TestClient) -> None:
     _, png = fetch(ops, "/img/chelsea.png?w=160&fm=png&lossless=1")
-    reference = load(SAMPLES_DIR / "chelsea.png").convert("RGB").resize(png.size, Image.Resampling.LANCZOS)
-    assert mean_diff(array(png), array(reference)) == 0, "a plain Lanczos resize, losslessly"
+    source = load(SAMPLES_DIR / "chelsea.png").convert("RGB")
+    reference = source.resize(png.size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    assert mean_diff(array(png), array(reference)) == 0, "a plain bicubic resize (the default), losslessly"
     _, avif = fetch(ops, "/img/chelsea.png?w=160&fm=avif&lossless=1")
     _, lossy = fetch(ops, "/img/chelsea.png?w=160&fm=avif")
     assert avif.format == "AVIF"

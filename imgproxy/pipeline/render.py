@@ -24,6 +24,7 @@ from imgproxy.pipeline.trim import trim_box
 from imgproxy.settings import FormatSettings, LimitsSettings
 
 LOG = logging.getLogger("imgproxy.error")
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,13 @@ def _render(data: bytes, options: Options, fmt: Format, context: RenderContext) 
     out_format = _output_format(fmt, first, geometry, frame_count, context)
     if out_format is not fmt and fmt is not Format.AUTO:
         notes["X-Format-Fallback"] = f"{fmt.value} -> {out_format.value}"
-    step_plan = Plan(options=options, geometry=geometry, format=out_format, watermark=context.watermark)
+    step_plan = Plan(
+        options=options,
+        geometry=geometry,
+        format=out_format,
+        watermark=context.watermark,
+        resample=RESAMPLE[context.formats.resample],
+    )
     if frame_count > 1:
         first = first.convert("RGBA")  # every frame in one mode: later frames may gain transparency
     frames = Frames([_apply_steps(first, step_plan)])
