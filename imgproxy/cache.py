@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -81,26 +82,47 @@ def result_cache(max_bytes: int, on_evict: Callable[[], object] | None = None) -
 T = TypeVar("T")
 
 
+class _Flight(Generic[T]):
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Future[T]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
 class Coalescer(Generic[T]):
-    """Run one computation per key at a time; callers that arrive meanwhile await the same result."""
+    """Run one computation per key at a time; callers that arrive meanwhile await the same result.
+
+    A computation whose callers have all gone (cancelled: their clients disconnected) is cancelled
+    too, so abandoned work does not hold a render slot; one caller left keeps it going for everyone."""
 
     def __init__(self, on_join: Callable[[], object] | None = None) -> None:
-        self._inflight: dict[Hashable, asyncio.Future[T]] = {}
+        self._inflight: dict[Hashable, _Flight[T]] = {}
         self.coalesced = 0
         self._on_join = on_join
 
     async def run(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """The result, and whether this caller joined a computation another caller had started."""
-        future = self._inflight.get(key)
-        if future is not None:
+        flight = self._inflight.get(key)
+        joined = flight is not None and not flight.task.cancelled()
+        if flight is not None and joined:
             self.coalesced += 1
             if self._on_join is not None:
                 self._on_join()
-            return await asyncio.shield(future), True
-        task: asyncio.Future[T] = asyncio.ensure_future(compute())
-        self._inflight[key] = task
-        task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task), False
+        else:  # nothing running, or a cancelled flight whose clean-up callback has not run yet
+            flight = self._inflight[key] = _Flight(asyncio.ensure_future(compute()))
+            flight.task.add_done_callback(functools.partial(self._land, key, flight))
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task), joined
+        finally:
+            flight.waiters -= 1
+            if not flight.waiters and not flight.task.done():
+                flight.task.cancel()
+
+    def _land(self, key: Hashable, flight: _Flight[T], _: object) -> None:
+        if self._inflight.get(key) is flight:
+            del self._inflight[key]
 
     @property
     def inflight(self) -> int:

@@ -9,7 +9,8 @@
     ├── OriginUnreachable      502  the origin failed: connection refused, 5xx, bad redirects
     ├── Overloaded             503  the waiting queue is full
     ├── RenderTimeout          503  a render ran past its deadline
-    └── OriginTimeout          504  the origin did not answer within the fetch deadline
+    ├── OriginTimeout          504  the origin did not answer within the fetch deadline
+    └── ClientGone             499  the client closed the connection first: logged, never sent
 
 `detail` is written for clients: it never holds a filesystem path or a library's own message.
 """
@@ -96,3 +97,11 @@ class OriginTimeout(ImageProxyError):
     status = 504
     title = "Origin timed out"
     slug = "origin-timeout"
+
+
+class ClientGone(ImageProxyError):
+    """Nobody reads this answer: it exists so logs and metrics count abandoned requests (nginx's 499)."""
+
+    status = 499
+    title = "Client closed request"
+    slug = "client-gone"

@@ -40,7 +40,8 @@ class KnownRequestMiddleware:
         try:
             prepared = await self.service.prepare_known(target, transform)
             if_none_match = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None)
-            response = await self.responder.answer(prepared, if_none_match, head=scope["method"] == "HEAD")
+            head = scope["method"] == "HEAD"
+            response = await self.responder.answer(prepared, if_none_match, head=head, receive=receive)
         except ImageProxyError as exc:
             response = problem(exc)
         await response(scope, receive, send)

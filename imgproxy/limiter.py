@@ -7,10 +7,11 @@ A full queue answers 503 at once instead of letting latency grow without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from imgproxy.errors import Overloaded, RenderTimeout
 
@@ -26,7 +27,7 @@ class WorkLimiter:
         self.max_queue = max_queue
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
-        self._pending = 0  # running + waiting; a timed-out render keeps its slot until its thread ends
+        self._pending = 0  # running + waiting; a timed-out running render keeps its slot until its thread ends
 
     @property
     def running(self) -> int:
@@ -50,23 +51,41 @@ class WorkLimiter:
             result, timings = work()
             return result, {"queue": waited, **timings}
 
-        future = asyncio.get_running_loop().run_in_executor(self._executor, timed)
-        future.add_done_callback(self._release)
+        loop = asyncio.get_running_loop()
+        job = self._executor.submit(timed)
+        job.add_done_callback(lambda _: _call_on(loop, self._release))
+        future = asyncio.wrap_future(job)
+        future.add_done_callback(_retrieve)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except TimeoutError:
-            # The thread cannot be stopped; the decode budgets checked before it started bound its cost.
+            # A render still waiting for a thread is dropped; a running thread cannot be stopped, and
+            # the decode budgets checked before it started bound its cost.
+            job.cancel()
             raise RenderTimeout(f"the render took longer than {self.timeout:g} s") from None
+        except asyncio.CancelledError:
+            job.cancel()  # nobody waits for it any more (the client left): free its place in the queue
+            raise
 
     def _report(self) -> None:
         if self._observe is not None:
             self._observe(self.running, self.queued)
 
-    def _release(self, future: asyncio.Future[tuple[T, dict[str, float]]]) -> None:
+    def _release(self) -> None:
+        """A render ended or was dropped before it started: its slot is free (on the event loop)."""
         self._pending -= 1
         self._report()
-        if not future.cancelled():
-            future.exception()  # retrieved here, so an error after a timeout is not reported as lost
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) -> None:
+    """Run `callback` on `loop` from a render thread (or from `shutdown`, where the loop may be closed)."""
+    with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone, and its counts too
+        loop.call_soon_threadsafe(callback)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved here, so an error after a timeout is not reported as lost

@@ -8,7 +8,9 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive
 
+from imgproxy.disconnect import unless_gone
 from imgproxy.errors import UnsupportedImage
 from imgproxy.hints import ACCEPT_CH, DPR_HINTS, WIDTH_HINTS
 from imgproxy.openapi import (
@@ -181,14 +183,20 @@ class Responder:
         return headers
 
     async def respond(self, request: Request, prepared: PreparedRequest) -> Response:
-        return await self.answer(prepared, request.headers.get("if-none-match"), head=request.method == "HEAD")
+        if_none_match = request.headers.get("if-none-match")
+        return await self.answer(prepared, if_none_match, head=request.method == "HEAD", receive=request.receive)
 
-    async def answer(self, prepared: PreparedRequest, if_none_match: str | None, *, head: bool) -> Response:
-        """304 when the client has it; else the cached or rendered bytes."""
+    async def answer(
+        self, prepared: PreparedRequest, if_none_match: str | None, *, head: bool, receive: Receive
+    ) -> Response:
+        """304 when the client has it; else the cached or rendered bytes (the wait for a render ends if
+        the client leaves: `receive` tells)."""
         headers = self.validators(prepared)
         if is_not_modified(if_none_match, prepared.key.etag):
             return not_modified(headers)
-        result = await self.service.get(prepared)
+        result = self.service.cached(prepared)
+        if result is None:
+            result = await unless_gone(self.service.missed(prepared), receive)
         headers = self.with_result(headers, result)
         return image_response(result.image.content, result.image.media_type, headers, head)
 

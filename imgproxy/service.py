@@ -325,8 +325,10 @@ class ImageService:
     async def get(self, request: Request) -> Result:
         """Local cache, then (one caller per key) the shared tier, then a render written to both."""
         cached = self.cached(request)
-        if cached is not None:
-            return cached
+        return cached if cached is not None else await self.missed(request)
+
+    async def missed(self, request: Request) -> Result:
+        """After a local miss: the shared tier, or a render (joined if one for the key is under way)."""
         self._local_misses.inc()
         started = time.perf_counter()
         (image, tier, timings), joined = await self.renders.run(request.key, lambda: self._find_or_render(request))
