@@ -142,7 +142,9 @@ class FormatSettings(Group):
     )
     webp_quality: int = Field(80, ge=1, le=100)
     avif_quality: int = Field(60, ge=1, le=100)
-    webp_method: int = Field(4, ge=0, le=6, description="WebP effort: 0 fast .. 6 small")
+    webp_method: int = Field(
+        2, ge=0, le=6, description="WebP effort: 0 fast .. 6 small; 4 is ~3% smaller than 2 for ~1.7x the CPU"
+    )
     avif_speed: int = Field(8, ge=0, le=10, description="AVIF effort: 0 slow/small .. 10 fast")
     png_compress_level: int = Field(6, ge=0, le=9, description="zlib level; 9 is ~5% smaller and 6x slower")
     resample: Literal["bicubic", "lanczos"] = Field(
