@@ -12,13 +12,15 @@ import io
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
-from PIL import Image, ImageChops, ImageCms, ImageStat, PngImagePlugin
+from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, PngImagePlugin
 from starlette.testclient import TestClient
 
 from imgproxy.app import create_app
+from imgproxy.pipeline import decode as decoding
 from imgproxy.settings import Settings
 from tests.conftest import assert_problem, decode
 
@@ -1006,3 +1008,27 @@ def test_successful_render_is_cached(client: TestClient) -> None:
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
     assert first.content == second.content
     assert decode(second.content).size == (10, 5)
+
+
+def test_the_decoder_gets_the_whole_source_in_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer GIL hand-offs for render threads (bench/PROFILE.md): one read instead of 64 KB ones, and
+    the same pixels."""
+    source = io.BytesIO()
+    Image.effect_noise((800, 600), 60).convert("RGB").save(source, "JPEG", quality=95)
+    data = source.getvalue()
+    assert len(data) > 4 * ImageFile.MAXBLOCK
+    reads: list[int] = []
+
+    class CountingBytesIO(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            chunk = super().read(size)
+            reads.append(len(chunk))
+            return chunk
+
+    monkeypatch.setattr(decoding, "io", SimpleNamespace(BytesIO=CountingBytesIO))
+    image = decoding.open_image(data, 10**8, 100)
+    image.load()
+    assert max(reads) > len(data) - ImageFile.MAXBLOCK, "the pixel data came in one read"
+    with Image.open(io.BytesIO(data)) as reference:
+        reference.load()
+        assert ImageChops.difference(image, reference).getbbox() is None

@@ -55,6 +55,10 @@ def open_image(data: bytes, max_pixels: int, max_jpeg_scans: int, decoders: tupl
     if data[:4] == b"\x00\x00\x01\x00":
         _check_icon(data, max_pixels)  # Pillow decodes an icon's image inside Image.open itself
     image = guarded(lambda: Image.open(io.BytesIO(data), formats=decoders))
+    # The bytes are in memory already: hand them to the decoder in one call rather than Pillow's 64 KB
+    # reads. Each read retakes the GIL, and with render threads side by side those hand-offs cost ~10% of
+    # JPEG throughput (bench/PROFILE.md).
+    image.decodermaxblock = max(image.decodermaxblock, len(data))
     width, height = image.size
     if width < 1 or height < 1:
         raise UnsupportedImage("the image has no pixels")
