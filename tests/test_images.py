@@ -20,7 +20,10 @@ from PIL import Image, ImageChops, ImageCms, ImageFile, ImageStat, PngImagePlugi
 from starlette.testclient import TestClient
 
 from imgproxy.app import create_app
+from imgproxy.options import Format, Output
 from imgproxy.pipeline import decode as decoding
+from imgproxy.pipeline import encode as encoding
+from imgproxy.pipeline.encode import Frames, encode
 from imgproxy.settings import Settings
 from tests.conftest import assert_problem, decode
 
@@ -1032,3 +1035,34 @@ def test_the_decoder_gets_the_whole_source_in_one_read(monkeypatch: pytest.Monke
     with Image.open(io.BytesIO(data)) as reference:
         reference.load()
         assert ImageChops.difference(image, reference).getbbox() is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "output"),
+    [
+        (Format.JPEG, Output(progressive=True)),
+        (Format.JPEG, Output(progressive=False)),
+        (Format.PNG, Output()),
+        (Format.GIF, Output()),
+        (Format.WEBP, Output()),
+    ],
+)
+def test_encoding_through_a_descriptor_gives_the_same_bytes(
+    monkeypatch: pytest.MonkeyPatch, fmt: Format, output: Output
+) -> None:
+    """Encoders write to an in-memory file with a descriptor (so Pillow's JPEG encoder lets go of the
+    GIL); without one (not Linux) they write to a buffer. Both give the same bytes, animations included."""
+    noise = [Image.effect_noise((300, 200), sigma).convert("RGB") for sigma in (40, 90)]
+
+    def frames() -> Frames:
+        images = [image.copy() for image in noise]
+        return Frames(images, durations=[80, 120], loop=0, disposal=[0, 0]) if fmt is Format.GIF else Frames(images[:1])
+
+    settings = Settings(_env_file=None).formats
+    through_descriptor = encode(frames(), fmt, 80, output, settings, exif=None)
+    monkeypatch.setattr(encoding, "os", SimpleNamespace())  # no memfd_create: the BytesIO path
+    through_buffer = encode(frames(), fmt, 80, output, settings, exif=None)
+    assert through_descriptor == through_buffer
+    with Image.open(io.BytesIO(through_descriptor)) as image:
+        assert image.format == encoding.PILLOW_NAME[fmt] and image.size == (300, 200)
+        assert getattr(image, "n_frames", 1) == (2 if fmt is Format.GIF else 1)

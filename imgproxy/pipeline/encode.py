@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,9 +95,24 @@ def encode(
             # One value when all agree: Pillow merges identical frames, and a list no longer fits then.
             uniform = len(set(frames.disposal)) == 1
             params["disposal"] = frames.disposal[0] if uniform else frames.disposal
-    out = io.BytesIO()
-    images[0].save(out, PILLOW_NAME[fmt], **params)
-    return out.getvalue()
+    return _save(images[0], PILLOW_NAME[fmt], params)
+
+
+def _save(image: Image.Image, pillow_format: str, params: dict[str, Any]) -> bytes:
+    """`image` encoded, through an in-memory file with a descriptor where the OS has one (Linux).
+
+    Pillow's JPEG encoder holds the GIL while it writes to a `BytesIO`, but releases it while it writes
+    to a file descriptor: with two render threads, JPEG encoding only runs in parallel the second way
+    (measured in bench/PROFILE.md). The bytes are the same either way."""
+    if not hasattr(os, "memfd_create"):
+        buffer = io.BytesIO()
+        image.save(buffer, pillow_format, **params)
+        return buffer.getvalue()
+    # Unbuffered: Pillow writes headers through the file object and the pixels through its descriptor.
+    with open(os.memfd_create("imgproxy-encode", os.MFD_CLOEXEC), "w+b", buffering=0) as out:
+        image.save(out, pillow_format, **params)
+        out.seek(0)
+        return out.read()
 
 
 def _merge_repeats(frames: Frames) -> Frames:
