@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from imgproxy.errors import ClientGone
+from imgproxy.limiter import unobserved
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ async def unless_gone(work: Awaitable[T], receive: Any) -> T:
         watch.cancel()
         if not task.done():
             task.cancel()
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(unobserved)
     if task.done() and not task.cancelled():
         return task.result()
     raise ClientGone("the client closed the connection before the image was ready")
@@ -47,8 +48,3 @@ async def _disconnected(receive: Any) -> None:
             break  # the whole (empty) body has arrived
     if (await receive())["type"] != "http.disconnect":  # an ASGI server waits here until the client leaves
         await asyncio.Event().wait()  # one that repeats the request breaks the protocol: stop listening
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # an error raised while unwinding is nobody's to report: no "never retrieved"

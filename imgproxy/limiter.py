@@ -55,7 +55,7 @@ class WorkLimiter:
         job = self._executor.submit(timed)
         job.add_done_callback(lambda _: _call_on(loop, self._release))
         future = asyncio.wrap_future(job)
-        future.add_done_callback(_retrieve)
+        future.add_done_callback(unobserved)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except TimeoutError:
@@ -86,6 +86,8 @@ def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[[], object]) ->
         loop.call_soon_threadsafe(callback)
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
+def unobserved(future: asyncio.Future[Any]) -> None:
+    """A done callback for a future nobody may await any more (timed out, abandoned): its error is
+    retrieved here, so asyncio does not report it as lost."""
     if not future.cancelled():
-        future.exception()  # retrieved here, so an error after a timeout is not reported as lost
+        future.exception()
