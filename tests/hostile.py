@@ -846,30 +846,16 @@ def _modes() -> list[Hostile]:
                 size=(64, 48),
             )
         )
-    add(
-        Hostile(
-            "mode_rgb48.png",
-            lambda: png(64, 48, depth=16, colour=2, idat=deflate_zeros(48 * (1 + 64 * 6))),
-            ok,
-            size=(64, 48),
+    for name, colour, channels in (("rgb48", 2, 3), ("rgba64", 6, 4), ("la16", 4, 2)):  # 16 bits per channel
+        row = 1 + 64 * channels * 2  # the filter byte, then the row's samples
+        add(
+            Hostile(
+                f"mode_{name}.png",
+                lambda colour=colour, row=row: png(64, 48, depth=16, colour=colour, idat=deflate_zeros(48 * row)),
+                ok,
+                size=(64, 48),
+            )
         )
-    )
-    add(
-        Hostile(
-            "mode_rgba64.png",
-            lambda: png(64, 48, depth=16, colour=6, idat=deflate_zeros(48 * (1 + 64 * 8))),
-            ok,
-            size=(64, 48),
-        )
-    )
-    add(
-        Hostile(
-            "mode_la16.png",
-            lambda: png(64, 48, depth=16, colour=4, idat=deflate_zeros(48 * (1 + 64 * 4))),
-            ok,
-            size=(64, 48),
-        )
-    )
     add(Hostile("mode_lab.tiff", lambda: pillow(Image.new("LAB", (64, 48), (50, 20, 200)), "TIFF"), ok, size=(64, 48)))
     add(Hostile("mode_ycbcr.tiff", lambda: pillow(gradient((64, 48)), "TIFF", compression="jpeg"), ok, size=(64, 48)))
     add(

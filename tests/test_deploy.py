@@ -13,8 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from imgproxy.settings import ENV_PREFIX, SecuritySettings, known_keys, load_settings
-from tests.conftest import decode
+from tests.conftest import decode, free_port, stop_process
 
 pytestmark = pytest.mark.deploy
 
@@ -492,13 +490,6 @@ def image_python(version: str, uid: int, gid: int, venv: Path) -> Path:
     pytest.fail(f"no Python {version} with venv and pip that uid {uid} can run (tried {candidates})")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @dataclass
 class ScratchImage:
     """A directory standing in for the image's filesystem: container path /x is `root`/x.
@@ -665,13 +656,8 @@ def running_image() -> Iterator[RunningImage]:
         wait_for_health(url, server, log)
         yield RunningImage(url, server, env, image, final)
     finally:
-        if server is not None and server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(TIMEOUT)
+        if server is not None:
+            stop_process(server, TIMEOUT)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

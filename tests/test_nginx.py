@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from imgproxy.negotiate import negotiate
 from imgproxy.settings import SAMPLES_DIR
-from tests.conftest import decode
+from tests.conftest import decode, free_port, stop_process
 
 pytestmark = pytest.mark.nginx
 
@@ -45,13 +44,6 @@ def nginx_binary() -> str | None:
     if found:
         return found
     return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def render_config(template: str, *, port: int, upstreams: list[int], base: Path) -> str:
@@ -130,16 +122,6 @@ def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) ->
     pytest.fail(f"{url} did not answer within {TIMEOUT} s:\n{log.read_text(errors='replace')}")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(TIMEOUT)
-
-
 @pytest.fixture(scope="module")
 def front() -> Iterator[Front]:
     nginx = nginx_binary()
@@ -198,7 +180,7 @@ def front() -> Iterator[Front]:
         yield front
     finally:
         for process in reversed(processes):
-            stop(process)
+            stop_process(process, TIMEOUT)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -380,7 +362,7 @@ def test_balances_over_replicas_and_survives_losing_one(front: Front, http: http
     assert cached.headers["x-front-cache"] == "HIT"
 
     gone, survivor = front.replicas
-    stop(gone.process)
+    stop_process(gone.process, TIMEOUT)
     served_before = image_requests(survivor)
     for width in range(41, 51):  # new URLs: every one needs a replica
         response = get(http, f"/img/chelsea.png?w={width}", WEBP_BROWSER)

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from imgproxy.logs import JsonFormatter
 from imgproxy.pipeline.render import render
 from imgproxy.settings import Settings
 from imgproxy.signing import sign
-from tests.conftest import decode
+from tests.conftest import decode, free_port
 
 IMG_ROUTE = "/img/{path}"  # the route template: one label value whatever the path (bounded cardinality)
 STAGES = ("queue", "decode", "transform", "encode")
@@ -685,13 +684,6 @@ async def test_server_timing_of_a_coalesced_request_is_accurate(
 
 
 # --- `imgproxy serve --workers 2`: metrics merged across processes ------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> None:

@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import warnings
@@ -31,7 +30,7 @@ from imgproxy.cache import CachedImage
 from imgproxy.pipeline.render import render
 from imgproxy.settings import Settings
 from imgproxy.shared_cache import SharedCache, decode_entry, encode_entry
-from tests.conftest import decode
+from tests.conftest import decode, free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 TIMEOUT = 10.0  # seconds: every wait in this file is bounded by it
@@ -41,13 +40,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists(REDIS_SERVER), reason="redis-
 
 
 # --- a real redis-server ------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pytest
 
 from imgproxy.app import create_app
 from imgproxy.settings import Settings
-from tests.conftest import decode, serving
+from tests.conftest import decode, free_port, serving
 
 pytestmark = pytest.mark.server
 
@@ -154,13 +154,6 @@ def test_escaping_request_lines_are_404(live: Live, target: str) -> None:
 
 
 # --- the `imgproxy serve` command ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:
